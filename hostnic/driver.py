@@ -1,0 +1,156 @@
+"""The libnetwork remote driver API as Klein routes: parse, call the core,
+shape the answer. One table maps each method to its handler; one place maps
+every exception to a JSON ``{"Err": ...}`` answer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Awaitable, Callable, Mapping
+
+import attrs
+from klein import Klein
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from hostnic.calls import CallLog
+from hostnic.core import Core
+from hostnic.errors import BadRequest, HostnicError
+from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join, network_id_of
+
+MAX_BODY = 1 << 20  # dockerd's requests are a few KiB
+Handler = Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]
+# Activate and GetCapabilities come with an empty body.
+EMPTY_BODY_OK = {"Plugin.Activate", "NetworkDriver.GetCapabilities"}
+
+
+@attrs.define
+class DriverAPI:
+    core: Core
+    calls: CallLog
+    clock: Callable[[], float] = time.monotonic
+    _handlers: dict[str, Handler] = attrs.field(init=False)
+    app = Klein()
+    log = Logger()
+
+    def __attrs_post_init__(self) -> None:
+        self._handlers = self.handlers()
+
+    def handlers(self) -> dict[str, Handler]:
+        core = self.core
+
+        async def activate(body: Mapping[str, Any]) -> dict[str, Any]:
+            return {"Implements": ["NetworkDriver"]}
+
+        async def capabilities(body: Mapping[str, Any]) -> dict[str, Any]:
+            return {"Scope": "local", "ConnectivityScope": "local", "GwAllocChecker": True}
+
+        async def gw_alloc_check(body: Mapping[str, Any]) -> dict[str, Any]:
+            # The gateway is the tenant network's router, outside this host.
+            return {"SkipIPv4": True, "SkipIPv6": True}
+
+        async def create_network(body: Mapping[str, Any]) -> dict[str, Any]:
+            await core.create_network(CreateNetwork.parse(body))
+            return {}
+
+        async def delete_network(body: Mapping[str, Any]) -> dict[str, Any]:
+            await core.delete_network(network_id_of(body))
+            return {}
+
+        async def create_endpoint(body: Mapping[str, Any]) -> dict[str, Any]:
+            interface = await core.create_endpoint(CreateEndpoint.parse(body))
+            return {"Interface": interface} if interface else {}
+
+        async def delete_endpoint(body: Mapping[str, Any]) -> dict[str, Any]:
+            await core.delete_endpoint(EndpointRef.parse(body))
+            return {}
+
+        async def oper_info(body: Mapping[str, Any]) -> dict[str, Any]:
+            return {"Value": core.endpoint_info(EndpointRef.parse(body))}
+
+        async def join(body: Mapping[str, Any]) -> dict[str, Any]:
+            return await core.join(Join.parse(body))
+
+        async def leave(body: Mapping[str, Any]) -> dict[str, Any]:
+            await core.leave(EndpointRef.parse(body))
+            return {}
+
+        async def nothing(body: Mapping[str, Any]) -> dict[str, Any]:
+            return {}
+
+        async def allocate_network(body: Mapping[str, Any]) -> dict[str, Any]:
+            return {"Options": {}}  # swarm only; hostnic is local-scope
+
+        return {
+            "Plugin.Activate": activate,
+            "NetworkDriver.GetCapabilities": capabilities,
+            "NetworkDriver.GwAllocCheck": gw_alloc_check,
+            "NetworkDriver.CreateNetwork": create_network,
+            "NetworkDriver.DeleteNetwork": delete_network,
+            "NetworkDriver.AllocateNetwork": allocate_network,
+            "NetworkDriver.FreeNetwork": nothing,
+            "NetworkDriver.CreateEndpoint": create_endpoint,
+            "NetworkDriver.DeleteEndpoint": delete_endpoint,
+            "NetworkDriver.EndpointOperInfo": oper_info,
+            "NetworkDriver.Join": join,
+            "NetworkDriver.Leave": leave,
+            "NetworkDriver.ProgramExternalConnectivity": nothing,
+            "NetworkDriver.RevokeExternalConnectivity": nothing,
+            "NetworkDriver.DiscoverNew": nothing,
+            "NetworkDriver.DiscoverDelete": nothing,
+        }
+
+    @app.route("/", branch=True)
+    async def dispatch(self, request: IRequest) -> bytes:
+        started = self.clock()
+        method = request.path.decode("utf-8", "replace").strip("/")
+        status, answer = await self._answer(request, method)
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", b"application/vnd.docker.plugins.v1+json")
+        duration = self.clock() - started
+        error = answer.get("Err") if isinstance(answer, dict) else None
+        self.calls.record(method if method in self._handlers else "(unknown)",
+                          duration, error)
+        if error is None:
+            self.log.info("{method} ok in {ms:.1f} ms", method=method, ms=duration * 1000,
+                          outcome="ok")
+        else:
+            self.log.warn("{method} refused in {ms:.1f} ms: {error}", method=method,
+                          ms=duration * 1000, error=error, outcome="refused", status=status)
+        return json.dumps(answer).encode()
+
+    async def _answer(self, request: IRequest, method: str) -> tuple[int, dict[str, Any]]:
+        handler = self._handlers.get(method)
+        if handler is None:
+            return 404, {"Err": f"hostnic does not implement {method[:100]!r}"}
+        if request.method != b"POST":
+            return 405, {"Err": f"{method} takes POST, not {request.method.decode()[:10]}"}
+        try:
+            body = self._body(request, method)
+            return 200, await handler(body)
+        except BadRequest as e:
+            return 400, {"Err": e.message}
+        except HostnicError as e:
+            return 200, {"Err": e.message}
+        except Exception as e:
+            self.log.failure("{method} failed unexpectedly", method=method)
+            return 500, {"Err": f"internal error in hostnic ({type(e).__name__}: {e}); "
+                                f"see the hostnic log"}
+
+    def _body(self, request: IRequest, method: str) -> Mapping[str, Any]:
+        assert request.content is not None
+        raw = request.content.read(MAX_BODY + 1)
+        if len(raw) > MAX_BODY:
+            raise BadRequest(f"the request body is larger than {MAX_BODY} bytes")
+        if not raw.strip():
+            if method in EMPTY_BODY_OK:
+                return {}
+            raise BadRequest(f"{method} needs a JSON body")
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("the request body is not JSON") from None
+        if not isinstance(body, dict):
+            raise BadRequest("the request body must be a JSON object")
+        return body

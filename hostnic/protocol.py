@@ -1,0 +1,182 @@
+"""Typed requests of the libnetwork remote driver API, parsed from JSON bodies.
+
+Parsing is strict about shapes and lenient only where dockerd is (``Options``
+may be null). Every failure is a BadRequest or InvalidOption whose message
+names the offending field or value.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+import attrs
+import netaddr
+
+from hostnic.errors import BadRequest, InvalidOption
+from hostnic.model import normalize_mac, valid_ifname
+
+GENERIC = "com.docker.network.generic"
+OPT_MAC = "hostnic_mac"
+OPT_NAME = "hostnic_name"
+NETWORK_OPTIONS = (OPT_MAC, OPT_NAME)
+ENDPOINT_OPTIONS = (OPT_MAC,)
+_ID = re.compile(r"^[0-9a-zA-Z]{1,64}$")
+
+
+def _field(body: Mapping[str, Any], name: str, kind: type, required: bool = True) -> Any:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise BadRequest(f"the request has no {name}")
+        return None
+    if not isinstance(value, kind):
+        raise BadRequest(f"{name} must be a {kind.__name__}, not {type(value).__name__}")
+    return value
+
+
+def _id(body: Mapping[str, Any], name: str) -> str:
+    value = _field(body, name, str)
+    if not _ID.match(value):
+        raise BadRequest(f"{name} {value[:80]!r} is not a Docker object id")
+    return str(value)
+
+
+def _string_map(value: Any, where: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"{where} must be an object")
+    for k, v in value.items():
+        if not isinstance(v, str):
+            raise InvalidOption(f"option {k} must be a string, not {type(v).__name__}")
+    return dict(value)
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _plain_ip(cidr: str, where: str) -> str:
+    try:
+        return str(netaddr.IPNetwork(cidr).ip)
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        raise BadRequest(f"{where} {cidr!r} is not an IP address") from None
+
+
+@attrs.frozen
+class IPData:
+    pool: str | None
+    gateway: str | None  # plain IP
+
+
+def _ip_data(body: Mapping[str, Any], name: str) -> list[IPData]:
+    entries = _field(body, name, list, required=False) or []
+    parsed = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise BadRequest(f"{name} entries must be objects")
+        pool = _field(entry, "Pool", str, required=False)
+        gateway = _field(entry, "Gateway", str, required=False)
+        parsed.append(IPData(pool=pool, gateway=_plain_ip(gateway, f"{name} gateway")
+                             if gateway else None))
+    return parsed
+
+
+@attrs.frozen
+class CreateNetwork:
+    network_id: str
+    macs: tuple[str, ...]
+    names: tuple[str, ...]
+    gateway4: str | None
+    gateway6: str | None
+    subnets: tuple[str, ...]
+    options: Mapping[str, str]
+
+    @classmethod
+    def parse(cls, body: Mapping[str, Any]) -> CreateNetwork:
+        network_id = _id(body, "NetworkID")
+        options = _field(body, "Options", dict, required=False) or {}
+        generic = _string_map(options.get(GENERIC), f"Options[{GENERIC}]")
+        unknown = sorted(k for k in generic if k not in NETWORK_OPTIONS)
+        if unknown:
+            raise InvalidOption(
+                f"hostnic does not know the option{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(unknown)}; it takes {OPT_MAC}=MAC[,MAC...] and/or "
+                f"{OPT_NAME}=IFNAME[,IFNAME...]")
+        macs = tuple(normalize_mac(m) for m in _split(generic.get(OPT_MAC, "")))
+        names = tuple(_split(generic.get(OPT_NAME, "")))
+        for name in names:
+            if not valid_ifname(name):
+                raise InvalidOption(f"{OPT_NAME} {name!r} is not an interface name")
+        if not macs and not names:
+            raise InvalidOption(
+                f"hostnic needs the NIC to hand out: give -o {OPT_MAC}=MAC "
+                f"or -o {OPT_NAME}=IFNAME (several may be comma-separated)")
+        v4 = _ip_data(body, "IPv4Data")
+        v6 = _ip_data(body, "IPv6Data")
+        return cls(
+            network_id=network_id,
+            macs=tuple(dict.fromkeys(macs)),
+            names=tuple(dict.fromkeys(names)),
+            gateway4=next((d.gateway for d in v4 if d.gateway), None),
+            gateway6=next((d.gateway for d in v6 if d.gateway), None),
+            subnets=tuple(d.pool for d in v4 + v6 if d.pool),
+            options=generic)
+
+
+@attrs.frozen
+class EndpointRef:
+    network_id: str
+    endpoint_id: str
+
+    @classmethod
+    def parse(cls, body: Mapping[str, Any]) -> EndpointRef:
+        return cls(network_id=_id(body, "NetworkID"), endpoint_id=_id(body, "EndpointID"))
+
+
+@attrs.frozen
+class CreateEndpoint:
+    ref: EndpointRef
+    pinned_mac: str | None
+    interface_has_mac: bool
+
+    @classmethod
+    def parse(cls, body: Mapping[str, Any]) -> CreateEndpoint:
+        ref = EndpointRef.parse(body)
+        interface = _field(body, "Interface", dict, required=False) or {}
+        options = _field(body, "Options", dict, required=False) or {}
+        # dockerd puts its own keys in endpoint Options; only ours are checked.
+        unknown = sorted(k for k in options
+                         if k.startswith("hostnic_") and k not in ENDPOINT_OPTIONS)
+        if unknown:
+            raise InvalidOption(f"hostnic does not know the endpoint option "
+                                f"{', '.join(unknown)}; it takes {OPT_MAC}=MAC")
+        pinned = None
+        if options.get(OPT_MAC) is not None:
+            if not isinstance(options[OPT_MAC], str):
+                raise InvalidOption(f"{OPT_MAC} must be a string")
+            pinned = normalize_mac(options[OPT_MAC])
+        requested_mac = _field(interface, "MacAddress", str, required=False) or ""
+        if requested_mac:
+            mac = normalize_mac(requested_mac)
+            if pinned is not None and pinned != mac:
+                raise InvalidOption(
+                    f"--mac-address {mac} and {OPT_MAC}={pinned} name different NICs")
+            pinned = mac
+        return cls(ref=ref, pinned_mac=pinned, interface_has_mac=bool(requested_mac))
+
+
+@attrs.frozen
+class Join:
+    ref: EndpointRef
+    sandbox_key: str | None
+
+    @classmethod
+    def parse(cls, body: Mapping[str, Any]) -> Join:
+        return cls(ref=EndpointRef.parse(body),
+                   sandbox_key=_field(body, "SandboxKey", str, required=False))
+
+
+def network_id_of(body: Mapping[str, Any]) -> str:
+    return _id(body, "NetworkID")

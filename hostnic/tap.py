@@ -1,0 +1,127 @@
+"""twistd plugin options and the service tree: ``twistd -n hostnic ...``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import attrs
+from twisted.application import service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.web.server import Site
+
+from hostnic.calls import CallLog
+from hostnic.core import Core
+from hostnic.driver import DriverAPI
+from hostnic.host import NetlinkHost
+from hostnic.linkwatch import LinkMonitor
+from hostnic.store import StateStore
+
+DEFAULT_SOCKET = "unix:/run/docker/plugins/hostnic.sock:mode=660:lockfile=1"
+DEFAULT_STATE_DIR = "/var/lib/hostnic"
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = ("Serve the hostnic Docker network driver, which hands host NICs to "
+                "containers and gives them back as they were.")
+    optParameters = [
+        ["socket", None, DEFAULT_SOCKET,
+         "Twisted server endpoint for the driver API (unix:..., tcp:..., "
+         "systemd:domain=UNIX:name=...)."],
+        ["state-dir", None, DEFAULT_STATE_DIR, "Directory of hostnic's persisted state."],
+    ]
+
+    def postOptions(self) -> None:
+        from twisted.internet import reactor
+        try:
+            serverFromString(reactor, self["socket"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise usage.UsageError(f"--socket {self['socket']!r} is not a server "
+                                   f"endpoint: {e}")
+
+
+def unix_socket_dir(description: str) -> str | None:
+    """The directory of a ``unix:PATH[:k=v...]`` endpoint, to create it first."""
+    if not description.startswith("unix:"):
+        return None
+    rest = description[len("unix:"):]
+    path, escaped = [], False
+    for char in rest:
+        if escaped:
+            path.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            break
+        else:
+            path.append(char)
+    if "".join(path).startswith("address="):
+        return None
+    return os.path.dirname("".join(path)) or None
+
+
+@attrs.define(eq=False)
+class HostnicService(service.Service):  # type: ignore[misc]
+    reactor: Any
+    socket: str
+    state_dir: str
+    core: Core | None = None
+    monitor: LinkMonitor | None = None
+    port: IListeningPort | None = None
+    log = Logger()
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        store = StateStore(self.state_dir, deferToThread)
+        state = store.load()
+        self.monitor = LinkMonitor(self.reactor, deferToThread)
+        self.core = Core(host=NetlinkHost(self.monitor, deferToThread), store=store,
+                         state=state)
+        driver = DriverAPI(self.core, CallLog())
+        directory = unix_socket_dir(self.socket)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        # Listen at once: dockerd must never find the socket missing. Requests
+        # that touch state wait inside the core for the reconciliation.
+        listening = serverFromString(self.reactor, self.socket).listen(
+            Site(driver.app.resource()))
+        listening.addCallbacks(self._listening, self._fatal)
+        started = self.monitor.start()
+        started.addCallback(lambda _: Deferred.fromCoroutine(self.core.start()))  # type: ignore[union-attr]
+        started.addErrback(self._fatal)
+        self.log.info("hostnic starting: driver on {socket}, state in {state_dir}, "
+                      "{networks} networks and {claims} claims recorded",
+                      socket=self.socket, state_dir=self.state_dir,
+                      networks=len(state.networks), claims=len(state.claims))
+
+    def _listening(self, port: IListeningPort) -> None:
+        self.port = port
+        self.log.info("driver API listening on {address}", address=port.getHost())
+
+    def _fatal(self, failure: Any) -> None:
+        self.log.critical("hostnic cannot start: {error}", error=failure.getErrorMessage(),
+                          log_failure=failure)
+        self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        self.reactor.stop()
+
+    def stopService(self) -> Any:
+        service.Service.stopService(self)
+        if self.monitor is not None:
+            self.monitor.stop()
+        if self.port is not None:
+            return self.port.stopListening()
+        return None
+
+
+def makeService(options: Options) -> service.IService:
+    from twisted.internet import reactor
+    top = service.MultiService()
+    HostnicService(reactor, options["socket"], options["state-dir"]).setServiceParent(top)
+    return top

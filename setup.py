@@ -1,0 +1,18 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="hostnic",
+    version="0.1.0",
+    description="Docker network driver that hands a real host NIC to a container",
+    python_requires=">=3.11",
+    # find_packages() skips twisted.plugins (no __init__.py there, on purpose).
+    packages=find_packages(include=["hostnic", "hostnic.*"]) + ["twisted.plugins"],
+    package_data={"twisted": ["plugins/hostnic_plugin.py"]},
+    install_requires=[
+        "Twisted>=24.7",
+        "klein>=24.8",
+        "pyroute2>=0.9",
+        "netaddr>=1.3",
+        "attrs>=24.2",
+    ],
+)
