@@ -1,0 +1,84 @@
+"""Shared set-up for unit tests of the core and the driver API."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Coroutine, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from hostnic.core import Core
+from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join
+from hostnic.store import StateStore
+from tests.fakes import FakeHost, run_now
+
+T = TypeVar("T")
+NET = "n" * 63 + "1"
+NET2 = "n" * 63 + "2"
+EP = "e" * 63 + "1"
+EP2 = "e" * 63 + "2"
+EP3 = "e" * 63 + "3"
+MAC1, MAC2, MAC3 = "52:54:00:e1:d9:e1", "52:54:00:e1:d9:e2", "52:54:00:e1:d9:e3"
+
+
+def network_body(network_id: str = NET, **generic: str) -> dict[str, Any]:
+    return {"NetworkID": network_id,
+            "Options": {"com.docker.network.generic": generic},
+            "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "192.168.7.0/24",
+                          "Gateway": "192.168.7.1/24"}],
+            "IPv6Data": []}
+
+
+def endpoint_body(endpoint_id: str = EP, network_id: str = NET, mac: str = "",
+                  **options: str) -> dict[str, Any]:
+    return {"NetworkID": network_id, "EndpointID": endpoint_id,
+            "Interface": {"Address": "192.168.7.10/24", "AddressIPv6": "",
+                          "MacAddress": mac}, "Options": options}
+
+
+class CoreTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.host = FakeHost()
+        self.state_dir = self.mktemp()
+        self.store = StateStore(self.state_dir, run_now)
+        self.core = self.new_core()
+
+    def new_core(self) -> Core:
+        core = Core(host=self.host, store=self.store, state=self.store.load(),
+                    clock=lambda: 1000.0)
+        self.call(core.start())
+        return core
+
+    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        result: T = self.successResultOf(Deferred.fromCoroutine(coroutine))
+        return result
+
+    def refused(self, coroutine: Coroutine[Any, Any, Any], kind: type = Exception) -> str:
+        return str(self.failureResultOf(Deferred.fromCoroutine(coroutine), kind).value)
+
+    def on_disk(self) -> dict[str, Any]:
+        with open(os.path.join(self.state_dir, "state.json")) as f:
+            loaded: dict[str, Any] = json.load(f)
+        return loaded
+
+    # shorthand for driver-shaped calls into the core
+    def create_network(self, network_id: str = NET, **generic: str) -> None:
+        self.call(self.core.create_network(CreateNetwork.parse(network_body(network_id, **generic))))
+
+    def create_endpoint(self, endpoint_id: str = EP, network_id: str = NET, mac: str = "",
+                        **options: str) -> dict[str, str]:
+        return self.call(self.core.create_endpoint(CreateEndpoint.parse(
+            endpoint_body(endpoint_id, network_id, mac, **options))))
+
+    def join(self, endpoint_id: str = EP, network_id: str = NET) -> dict[str, Any]:
+        return self.call(self.core.join(Join.parse(
+            {"NetworkID": network_id, "EndpointID": endpoint_id,
+             "SandboxKey": "/var/run/docker/netns/abc"})))
+
+    def leave(self, endpoint_id: str = EP, network_id: str = NET) -> None:
+        self.call(self.core.leave(EndpointRef(network_id, endpoint_id)))
+
+    def delete_endpoint(self, endpoint_id: str = EP, network_id: str = NET) -> None:
+        self.call(self.core.delete_endpoint(EndpointRef(network_id, endpoint_id)))

@@ -1,0 +1,294 @@
+"""Unit tests of the core over a faithful fake host namespace."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import globalLogPublisher
+
+from hostnic.errors import HostnicError, PoolExhausted, StoreError
+from hostnic.model import Address, Phase
+from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join
+from tests.helpers import (EP, EP2, EP3, MAC1, MAC2, MAC3, NET, NET2, CoreTestCase,
+                           endpoint_body, network_body)
+
+
+class CreateNetworkTests(CoreTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.nic1 = self.host.add("ens4", MAC1)
+        self.nic2 = self.host.add("ens5", MAC2)
+
+    def test_pool_from_macs_and_names(self) -> None:
+        self.create_network(hostnic_mac="52-54-00-E1-D9-E1", hostnic_name="ens5")
+        network = self.core.state.networks[NET]
+        self.assertEqual(network.pool, (MAC1, MAC2))
+        self.assertEqual(network.gateway4, "192.168.7.1")
+        self.assertEqual(self.on_disk()["networks"][0]["pool"], [MAC1, MAC2])
+
+    def test_same_nic_in_another_notation_is_refused(self) -> None:
+        self.create_network(hostnic_mac=MAC1)
+        message = self.refused(self.core.create_network(
+            CreateNetwork.parse(network_body(NET2, hostnic_mac="5254.00e1.d9e1"))))
+        self.assertEqual(message, f"NIC {MAC1} (ens4) is already in hostnic network "
+                                  f"{NET[:12]}; a NIC can serve one network only")
+        self.assertEqual(list(self.core.state.networks), [NET])
+
+    def test_name_resolving_to_a_pooled_mac_is_refused(self) -> None:
+        self.create_network(hostnic_mac=MAC1)
+        message = self.refused(self.core.create_network(
+            CreateNetwork.parse(network_body(NET2, hostnic_name="ens4"))))
+        self.assertIn("already in hostnic network", message)
+
+    def test_unknown_name_and_absent_mac(self) -> None:
+        self.assertEqual(
+            self.refused(self.core.create_network(
+                CreateNetwork.parse(network_body(hostnic_name="nope0")))),
+            "there is no interface nope0 in the host network namespace")
+        self.assertEqual(
+            self.refused(self.core.create_network(
+                CreateNetwork.parse(network_body(hostnic_mac="02:00:00:00:00:99")))),
+            "there is no NIC with MAC 02:00:00:00:00:99 in the host network namespace")
+        self.assertEqual(self.core.state.networks, {})
+
+    def test_loopback_and_default_route_are_refused(self) -> None:
+        self.host.add("lo", "00:00:00:00:00:00", loopback=True)
+        self.assertEqual(
+            self.refused(self.core.create_network(
+                CreateNetwork.parse(network_body(hostnic_name="lo")))),
+            "lo is the loopback interface")
+        self.host.default_route_indexes.add(self.nic2.index)
+        message = self.refused(self.core.create_network(
+            CreateNetwork.parse(network_body(hostnic_mac=f"{MAC1},{MAC2}"))))
+        self.assertIn(f"NIC {MAC2} (ens5) carries the host's default route", message)
+        self.assertEqual(self.core.state.networks, {})
+
+    def test_mac_on_several_links_is_refused(self) -> None:
+        self.host.add("ens4.100", MAC1, kind="vlan")
+        message = self.refused(self.core.create_network(
+            CreateNetwork.parse(network_body(hostnic_mac=MAC1))))
+        self.assertIn("carried by several interfaces (ens4, ens4.100)", message)
+
+    def test_virtual_nic_is_accepted_with_a_warning(self) -> None:
+        self.host.add("veth9", MAC3, kind="veth")
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.create_network(hostnic_mac=MAC3)
+        warnings = [e for e in events if e.get("kind") == "veth"]
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual(warnings[0]["log_level"].name, "warn")
+
+    def test_concurrent_creates_for_one_nic_exactly_one_wins(self) -> None:
+        gate: Deferred[None] = Deferred()
+        self.host.gate = gate
+        first = Deferred.fromCoroutine(self.core.create_network(
+            CreateNetwork.parse(network_body(NET, hostnic_mac=MAC1))))
+        second = Deferred.fromCoroutine(self.core.create_network(
+            CreateNetwork.parse(network_body(NET2, hostnic_mac=MAC1.upper()))))
+        self.assertNoResult(first)
+        self.assertNoResult(second)
+        self.host.gate = None
+        gate.callback(None)
+        self.assertIsNone(self.successResultOf(first))
+        self.assertIn("already in hostnic network", str(self.failureResultOf(second).value))
+        self.assertEqual(list(self.core.state.networks), [NET])
+
+    def test_delete_network_is_idempotent(self) -> None:
+        self.create_network(hostnic_mac=MAC1)
+        self.call(self.core.delete_network(NET))
+        self.call(self.core.delete_network(NET))
+        self.assertEqual(self.on_disk()["networks"], [])
+        self.create_network(NET2, hostnic_mac=MAC1)  # the NIC is free again
+
+
+class EndpointTests(CoreTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.nic1 = self.host.add("ens4", MAC1, mtu=9000, up=True,
+                                  addresses=[Address(2, "10.1.1.5", 24)])
+        self.nic2 = self.host.add("ens5", MAC2)
+        self.create_network(hostnic_mac=f"{MAC1},{MAC2}")
+
+    def test_pool_serves_one_container_per_nic_then_refuses(self) -> None:
+        self.assertEqual(self.create_endpoint(EP), {"MacAddress": MAC1})
+        self.assertEqual(self.create_endpoint(EP2), {"MacAddress": MAC2})
+        message = self.refused(self.core.create_endpoint(
+            CreateEndpoint.parse(endpoint_body(EP3))), PoolExhausted)
+        self.assertEqual(message, f"network {NET[:12]} has 2 NICs, all in use; add NICs "
+                                  f"to its pool or stop a container")
+        self.assertEqual(sorted(self.core.state.claims), [EP, EP2])
+
+    def test_pinning_by_option_and_by_mac_address(self) -> None:
+        self.assertEqual(self.create_endpoint(EP, hostnic_mac="52:54:00:E1:D9:E2"),
+                         {"MacAddress": MAC2})
+        # --mac-address already fills the field: never return it again.
+        self.assertEqual(self.create_endpoint(EP2, mac=MAC1), {})
+        self.assertEqual(self.core.state.claims[EP2].mac, MAC1)
+
+    def test_pinning_refusals(self) -> None:
+        self.assertEqual(
+            self.refused(self.core.create_endpoint(CreateEndpoint.parse(
+                endpoint_body(EP, mac="02:00:00:00:00:01")))),
+            f"NIC 02:00:00:00:00:01 is not in the pool of network {NET[:12]} "
+            f"({MAC1}, {MAC2})")
+        self.create_endpoint(EP, hostnic_mac=MAC2)
+        self.assertEqual(
+            self.refused(self.core.create_endpoint(CreateEndpoint.parse(
+                endpoint_body(EP2, hostnic_mac=MAC2)))),
+            f"NIC {MAC2} (ens5) of network {NET[:12]} is in use by endpoint {EP[:12]}")
+
+    def test_racing_for_the_last_nic_exactly_one_wins(self) -> None:
+        self.create_endpoint(EP)
+        results = [Deferred.fromCoroutine(self.core.create_endpoint(
+            CreateEndpoint.parse(endpoint_body(e)))) for e in (EP2, EP3)]
+        outcomes = []
+        for d in results:
+            d.addBoth(outcomes.append)
+        self.assertEqual(len(outcomes), 2)
+        self.assertEqual(sum(1 for o in outcomes if o == {"MacAddress": MAC2}), 1)
+        self.assertEqual(sum(1 for o in outcomes if hasattr(o, "check")
+                             and o.check(PoolExhausted)), 1)
+
+    def test_free_nics_missing_from_host_are_skipped(self) -> None:
+        self.nic1.where = "elsewhere"
+        self.assertEqual(self.create_endpoint(EP), {"MacAddress": MAC2})
+
+    def test_join_records_state_before_lending_and_answers(self) -> None:
+        self.create_endpoint(EP)
+        answer = self.join(EP)
+        transit = "hn" + EP[:13]
+        self.assertEqual(answer, {
+            "InterfaceName": {"SrcName": transit, "DstPrefix": "eth"},
+            "DisableGatewayService": True, "Gateway": "192.168.7.1"})
+        self.assertEqual(self.nic1.name, transit)
+        claim = self.on_disk()["claims"][0]
+        self.assertEqual(claim["phase"], "joined")
+        self.assertEqual(claim["original"], {
+            "name": "ens4", "mac": MAC1, "mtu": 9000, "up": True,
+            "addresses": [{"family": 2, "address": "10.1.1.5", "prefixlen": 24}]})
+        # The record was saved before the NIC was touched.
+        names = [c for c, _ in self.host.calls]
+        self.assertLess(names.index("read_state"), names.index("rename"))
+
+    def test_transit_name_avoids_a_name_inside_the_container(self) -> None:
+        self.nic1.name = "eth0"
+        self.create_endpoint(EP)
+        src = self.join(EP)["InterfaceName"]["SrcName"]
+        # The sandbox already has an eth0 from another network.
+        self.host.add("eth0", "02:00:00:00:00:aa", where="/run/netns/c1")
+        moved = self.host.dockerd_moves_in(src, "/run/netns/c1", "192.168.7.10")
+        self.assertEqual(moved.name, "eth1")
+
+    def test_full_lifecycle_gives_the_nic_back_as_it_was(self) -> None:
+        self.create_endpoint(EP)
+        src = self.join(EP)["InterfaceName"]["SrcName"]
+        self.host.dockerd_moves_in(src, "/run/netns/c1", "192.168.7.10")
+        self.leave(EP)
+        self.assertEqual(self.core.state.claims[EP].phase, Phase.LEFT)
+        self.host.dockerd_moves_back(MAC1, src)
+        self.delete_endpoint(EP)
+        self.assertEqual((self.nic1.name, self.nic1.mtu, self.nic1.up, self.nic1.addresses),
+                         ("ens4", 9000, True, [Address(2, "10.1.1.5", 24)]))
+        self.assertEqual(self.core.state.claims, {})
+        self.assertEqual(self.on_disk()["claims"], [])
+        self.assertEqual(self.create_endpoint(EP2), {"MacAddress": MAC1})
+
+    def test_unknown_endpoint_calls(self) -> None:
+        self.leave(EP3)
+        self.delete_endpoint(EP3)
+        self.assertEqual(self.core.endpoint_info(EndpointRef(NET, EP3)), {})
+        self.assertIn("holds no endpoint", self.refused(
+            self.core.join(Join(EndpointRef(NET, EP3), None))))
+
+    def test_endpoint_of_unknown_network(self) -> None:
+        message = self.refused(self.core.create_endpoint(
+            CreateEndpoint.parse(endpoint_body(EP, NET2))))
+        self.assertEqual(message, f"hostnic holds no network {NET2[:12]}; recreate it "
+                                  f"with docker network create -d hostnic")
+
+    def test_nic_away_at_delete_is_restored_when_it_comes_back(self) -> None:
+        self.create_endpoint(EP)
+        src = self.join(EP)["InterfaceName"]["SrcName"]
+        self.host.dockerd_moves_in(src, "/run/netns/c1", "192.168.7.10")
+        self.leave(EP)
+        self.delete_endpoint(EP)  # dockerd failed to move it back
+        self.assertEqual(self.core.state.claims[EP].phase, Phase.RELEASING)
+        self.call(self.core.delete_network(NET))
+        self.assertIn("still held", self.refused(self.core.create_network(
+            CreateNetwork.parse(network_body(NET2, hostnic_mac=MAC1)))))
+        self.host.kernel_returns(MAC1)  # the namespace died: NIC home as eth0
+        self.assertEqual(self.nic1.name, "ens4")
+        self.assertTrue(self.nic1.up)
+        self.assertEqual(self.core.state.claims, {})
+
+    def test_failed_save_loses_nothing(self) -> None:
+        def disk_full(*args: object) -> None:
+            raise OSError(28, "No space left on device")
+        self.store.run_in_thread = lambda f, *a: maybeDeferred(disk_full)
+        message = self.refused(self.core.create_endpoint(
+            CreateEndpoint.parse(endpoint_body(EP))), StoreError)
+        self.assertIn("No space left on device", message)
+        self.assertEqual(self.core.state.claims, {})
+
+
+class RestartTests(CoreTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.nic1 = self.host.add("ens4", MAC1, up=True, addresses=[Address(2, "10.1.1.5", 24)])
+        self.create_network(hostnic_mac=MAC1)
+        self.create_endpoint(EP)
+        self.src = self.join(EP)["InterfaceName"]["SrcName"]
+        self.host.dockerd_moves_in(self.src, "/run/netns/c1", "192.168.7.10")
+
+    def test_state_survives_a_restart(self) -> None:
+        core = self.new_core()
+        self.assertEqual(core.state, self.core.state)
+
+    def test_kernel_returned_nic_is_restored_at_start(self) -> None:
+        self.host.add("eth0", "02:00:00:00:00:bb")  # host already has an eth0
+        self.host.kernel_returns(MAC1)
+        self.assertEqual(self.nic1.name, f"dev{self.nic1.index}")
+        core = self.new_core()
+        self.assertEqual((self.nic1.name, self.nic1.up), ("ens4", True))
+        self.assertEqual(core.last_reconciliation["restored"], [MAC1])
+        # dockerd still owns the endpoint: the claim stays until it deletes it.
+        self.assertEqual(core.state.claims[EP].phase, Phase.JOINED)
+
+    def test_left_endpoint_whose_delete_was_lost_is_released_at_start(self) -> None:
+        self.leave(EP)
+        self.host.dockerd_moves_back(MAC1, self.src)
+        core = self.new_core()
+        self.assertEqual(core.state.claims, {})
+        self.assertEqual(self.nic1.name, "ens4")
+
+    def test_nic_still_in_container_is_left_alone(self) -> None:
+        core = self.new_core()
+        self.assertEqual(core.last_reconciliation["absent"], [MAC1])
+        self.assertEqual(self.nic1.where, "/run/netns/c1")
+
+    def test_requests_wait_for_reconciliation(self) -> None:
+        from hostnic.core import Core
+        gate: Deferred[None] = Deferred()
+        self.host.gate = gate
+        core = Core(host=self.host, store=self.store, state=self.store.load())
+        starting = Deferred.fromCoroutine(core.start())
+        waiting = Deferred.fromCoroutine(core.delete_network(NET))
+        self.assertNoResult(waiting)
+        self.host.gate = None
+        gate.callback(None)
+        self.successResultOf(starting)
+        self.successResultOf(waiting)
+        self.assertNotIn(NET, core.state.networks)
+
+
+class ErrorsAreSentencesTests(CoreTestCase):
+    def test_every_refusal_is_a_hostnic_error(self) -> None:
+        self.host.add("ens4", MAC1)
+        for body in (network_body(hostnic_mac="zz"), network_body(),
+                     network_body(hostnic_mac=MAC1, bogus="1")):
+            try:
+                CreateNetwork.parse(body)
+            except HostnicError as e:
+                self.assertTrue(e.message)
+            else:
+                self.fail(f"{body} was accepted")
