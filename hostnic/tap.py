@@ -68,7 +68,7 @@ def unix_socket_dir(description: str) -> str | None:
 
 
 @attrs.define(eq=False)
-class HostnicService(service.Service):  # type: ignore[misc]
+class HostnicService(service.Service):
     reactor: Any
     socket: str
     state_dir: str
@@ -93,13 +93,15 @@ class HostnicService(service.Service):  # type: ignore[misc]
         listening = serverFromString(self.reactor, self.socket).listen(
             Site(driver.app.resource()))
         listening.addCallbacks(self._listening, self._fatal)
-        started = self.monitor.start()
-        started.addCallback(lambda _: Deferred.fromCoroutine(self.core.start()))  # type: ignore[union-attr]
-        started.addErrback(self._fatal)
+        Deferred.fromCoroutine(self._reconcile(self.monitor, self.core)).addErrback(self._fatal)
         self.log.info("hostnic starting: driver on {socket}, state in {state_dir}, "
                       "{networks} networks and {claims} claims recorded",
                       socket=self.socket, state_dir=self.state_dir,
                       networks=len(state.networks), claims=len(state.claims))
+
+    async def _reconcile(self, monitor: LinkMonitor, core: Core) -> None:
+        await monitor.start()
+        await core.start()
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
