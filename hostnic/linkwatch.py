@@ -183,6 +183,7 @@ class LinkMonitor:
     run_in_thread: Callable[..., "Deferred[Any]"]
     inventory: Inventory = attrs.field(factory=Inventory)
     listeners: list[LinkListener] = attrs.field(factory=list)
+    receive_buffer: int = 8 << 20  # room for bursts (1,000 veths at once)
     resyncs: int = 0
     synced: bool = False
     _sock: socket.socket | None = None
@@ -193,10 +194,10 @@ class LinkMonitor:
         """Subscribe first, then dump: no event between the two is lost."""
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
         try:
-            # Room for bursts (1,000 veths at once); root may exceed rmem_max.
-            sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
+            # Root may exceed net.core.rmem_max with SO_RCVBUFFORCE.
+            sock.setsockopt(socket.SOL_SOCKET, 33, self.receive_buffer)
         except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)
         sock.bind((0, RTMGRP_LINK))
         sock.setblocking(False)
         self._sock = sock

@@ -28,6 +28,15 @@ def _ipr() -> IPRoute:
     return ipr
 
 
+def forget_thread_socket() -> None:
+    """Close this thread's socket: for callers that move the thread to another
+    network namespace (a socket stays bound to the namespace it was made in)."""
+    ipr = getattr(_local, "ipr", None)
+    if ipr is not None:
+        ipr.close()
+        _local.ipr = None
+
+
 def _link_info(msg: Any) -> LinkInfo:
     linkinfo = msg.get("linkinfo")
     return LinkInfo(

@@ -1,0 +1,138 @@
+"""The installed twistd plugin in a real namespace, with this test playing
+dockerd: crash safety under SIGKILL and start-up reconciliation by MAC."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from tests.netns.nsutil import NetnsTestCase, ip
+
+pytestmark = pytest.mark.netns
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+NET = "a" * 63
+EP = "b" * 64
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=10)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(self.path)
+
+
+class DaemonTests(NetnsTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.work = self.mktemp()
+        os.makedirs(self.work)
+        self.sock = os.path.join(self.work, "hostnic.sock")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(os.path.join(self.work, "plugin.log"), "ab")
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, TWISTD, "-n", "--pidfile=", "hostnic",
+             "--socket", f"unix:{self.sock}:lockfile=1",
+             "--state-dir", os.path.join(self.work, "state")],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.addCleanup(self.kill)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                self.call("Plugin.Activate", None)
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("hostnic did not start: " + open(log.name).read()[-2000:])
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def call(self, method: str, body: Any) -> dict[str, Any]:
+        connection = UnixHTTPConnection(self.sock)  # a fresh connection, as dockerd does
+        try:
+            connection.request("POST", f"/{method}", body=b"" if body is None else json.dumps(body))
+            answer: dict[str, Any] = json.loads(connection.getresponse().read())
+            return answer
+        finally:
+            connection.close()
+
+    def create_network(self, network_id: str, mac: str) -> dict[str, Any]:
+        return self.call("NetworkDriver.CreateNetwork", {
+            "NetworkID": network_id,
+            "Options": {"com.docker.network.generic": {"hostnic_mac": mac}},
+            "IPv4Data": [{"Pool": "10.9.0.0/24", "Gateway": "10.9.0.1/24"}]})
+
+    def test_sigkill_at_any_moment_loses_no_acknowledged_change(self) -> None:
+        macs = [self.veth(f"v{i}") for i in range(30)]
+        self.start()
+        for round_, delay in enumerate((0.05, 0.2, 0.4)):
+            acknowledged: list[int] = []
+
+            def client() -> None:
+                for i in range(round_ * 10, round_ * 10 + 10):
+                    try:
+                        if self.create_network(f"{i:064x}", macs[i]) == {}:
+                            acknowledged.append(i)
+                    except (OSError, http.client.HTTPException, ValueError):
+                        return
+            worker = threading.Thread(target=client)
+            worker.start()
+            time.sleep(delay)
+            self.kill()
+            worker.join(timeout=30)
+            self.start()  # the state file must load
+            for i in acknowledged:
+                answer = self.create_network("f" * 64, macs[i])
+                self.assertIn("already in hostnic network", answer.get("Err", ""), (round_, i))
+
+    def test_nic_returned_under_a_foreign_name_is_restored_at_start(self) -> None:
+        mac = self.veth("ens9")
+        ip("-n", self.ns, "link", "set", "ens9", "mtu", "1400", "up")
+        ip("-n", self.ns, "addr", "add", "10.5.0.5/24", "dev", "ens9")
+        self.start()
+        self.assertEqual(self.create_network(NET, mac), {})
+        ref = {"NetworkID": NET, "EndpointID": EP}
+        self.assertEqual(self.call("NetworkDriver.CreateEndpoint", {
+            **ref, "Interface": {"Address": "10.9.0.10/24"}}),
+            {"Interface": {"MacAddress": mac}})
+        src = self.call("NetworkDriver.Join", {**ref, "SandboxKey": "/x"})["InterfaceName"]["SrcName"]
+        ip("-n", self.ns, "link", "set", src, "netns", self.sandbox)
+        ip("-n", self.sandbox, "link", "set", src, "name", "eth0")
+        # hostnic and dockerd die; the container's namespace goes and the kernel
+        # hands the NIC back under its in-container name.
+        self.kill()
+        ip("-n", self.sandbox, "link", "set", "eth0", "netns", self.ns)
+        self.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            shown = json.loads(ip("-n", self.ns, "-j", "addr", "show"))
+            link = next(l for l in shown if l.get("address") == mac)
+            if link["ifname"] == "ens9":
+                break
+            time.sleep(0.05)
+        self.assertEqual((link["ifname"], link["mtu"], "UP" in link["flags"]), ("ens9", 1400, True))
+        self.assertIn("10.5.0.5", [a["local"] for a in link["addr_info"]])
+        # dockerd cleans the stale endpoint when it comes back; the NIC is free again.
+        self.assertEqual(self.call("NetworkDriver.Leave", ref), {})
+        self.assertEqual(self.call("NetworkDriver.DeleteEndpoint", ref), {})
+        self.assertEqual(self.call("NetworkDriver.CreateEndpoint", {
+            "NetworkID": NET, "EndpointID": "c" * 64, "Interface": {"Address": "10.9.0.11/24"}}),
+            {"Interface": {"MacAddress": mac}})
