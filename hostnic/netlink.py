@@ -24,7 +24,9 @@ _local = threading.local()
 def _ipr() -> IPRoute:
     ipr = getattr(_local, "ipr", None)
     if ipr is None:
-        ipr = _local.ipr = IPRoute()
+        # strict_check lets the kernel filter dumps (addresses of one link)
+        # instead of sending every address of the host to be filtered here.
+        ipr = _local.ipr = IPRoute(strict_check=True)
     return ipr
 
 

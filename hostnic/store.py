@@ -12,7 +12,7 @@ import os
 from typing import Any, Callable
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from hostnic.errors import StoreError
@@ -39,10 +39,22 @@ def write_atomically(path: str, payload: bytes) -> None:
 
 
 @attrs.define
+class _Waiter:
+    done: "Deferred[None]"
+    on_failure: Callable[[], None]
+
+
+@attrs.define
 class StateStore:
+    """Group commit: saves that arrive while a write is running are all served
+    by the next single write of the then-current state, so concurrent requests
+    share one fsync instead of queueing for one each."""
+
     directory: str
     run_in_thread: RunInThread
-    _lock: DeferredLock = attrs.field(factory=DeferredLock, init=False)
+    _pending: list[_Waiter] = attrs.field(factory=list, init=False)
+    _snapshot: Callable[[], State] | None = attrs.field(default=None, init=False)
+    _writing: bool = attrs.field(default=False, init=False)
     log = Logger()
 
     @property
@@ -68,20 +80,39 @@ class StateStore:
 
     async def save(self, snapshot: Callable[[], State],
                    on_failure: Callable[[], None] = lambda: None) -> None:
-        """Durably write the state as it is when this save's turn comes.
+        """Durably write the state as it is when the write starts.
 
-        Saves run one at a time. On failure ``on_failure`` runs before the next
-        save takes its snapshot, so an undone change is never written by it.
+        On failure every waiter of that write has its ``on_failure`` run
+        before the next write takes its snapshot, so an undone change is never
+        written, and each gets a StoreError.
         """
-        await self._lock.acquire()
+        waiter = _Waiter(Deferred(), on_failure)
+        self._pending.append(waiter)
+        self._snapshot = snapshot
+        if not self._writing:
+            Deferred.fromCoroutine(self._write_loop())
+        await waiter.done
+
+    async def _write_loop(self) -> None:
+        self._writing = True
         try:
-            payload = json.dumps(state_to_json(snapshot()), indent=1,
-                                 sort_keys=True).encode()
-            await self.run_in_thread(write_atomically, self.path, payload)
-        except OSError as e:
-            on_failure()
-            self.log.error("saving state failed: {error}", error=e)
-            raise StoreError(f"hostnic could not save its state in {self.directory}: "
-                             f"{e.strerror or e}") from e
+            while self._pending:
+                batch, self._pending = self._pending, []
+                assert self._snapshot is not None
+                try:
+                    payload = json.dumps(state_to_json(self._snapshot()), indent=1,
+                                         sort_keys=True).encode()
+                    await self.run_in_thread(write_atomically, self.path, payload)
+                except Exception as e:  # every waiter must hear back, whatever broke
+                    self.log.error("saving state failed: {error}", error=e)
+                    for waiter in reversed(batch):
+                        waiter.on_failure()
+                    error = StoreError(f"hostnic could not save its state in "
+                                       f"{self.directory}: {getattr(e, 'strerror', None) or e}")
+                    for waiter in batch:
+                        waiter.done.errback(error)
+                else:
+                    for waiter in batch:
+                        waiter.done.callback(None)
         finally:
-            self._lock.release()
+            self._writing = False
