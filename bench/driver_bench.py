@@ -83,7 +83,8 @@ class Host:
         self.macs = [by_name[f"b{i}"] for i in range(min(POOL, pairs))]
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", self.netns, TWISTD, "-n", "--pidfile=", "hostnic",
-             "--socket", f"unix:{self.sock}", "--state-dir", os.path.join(self.work, "state")],
+             "--socket", f"unix:{self.sock}", "--state-dir", os.path.join(self.work, "state"),
+             "--admin", f"unix:{os.path.join(self.work, 'admin.sock')}"],
             stdout=open(os.path.join(self.work, "log"), "wb"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while True:

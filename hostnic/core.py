@@ -16,6 +16,7 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from hostnic.calls import CallLog
 from hostnic.errors import HostnicError, NicUnavailable, PoolExhausted, UnknownObject
 from hostnic.host import HostPort
 from hostnic.linkwatch import LinkInfo
@@ -38,6 +39,7 @@ class Core:
     store: Store
     state: State = attrs.field(factory=State)
     clock: Callable[[], float] = time.time
+    journal: CallLog = attrs.field(factory=CallLog)
     last_reconciliation: dict[str, Any] | None = None
     _restoring: set[str] = attrs.field(factory=set)
     _serving: bool = False
@@ -323,6 +325,36 @@ class Core:
             await self._release(current)
         return True
 
+    async def release(self, mac: str) -> dict[str, Any]:
+        """An operator hands back a NIC whose claim outlived its container."""
+        await self.ready()
+        claim = self.state.claim_of_mac(mac)
+        if claim is None:
+            raise UnknownObject(f"NIC {mac} is not claimed by any hostnic endpoint")
+        link = await self.host.locate(mac)
+        if link is None:
+            if claim.sandbox_key and await self.host.namespace_exists(claim.sandbox_key):
+                raise NicUnavailable(
+                    f"NIC {mac} is inside the live namespace {claim.sandbox_key} of "
+                    f"endpoint {short(claim.endpoint_id)}; stop or disconnect that "
+                    f"container instead")
+            await self._release(claim)
+            self.journal.note("release", mac=mac, endpoint=claim.endpoint_id, found=False)
+            return {"mac": mac, "endpoint": claim.endpoint_id, "found": False,
+                    "restored": False, "problems": []}
+        problems: tuple[str, ...] = ()
+        if claim.original is not None:
+            outcome = await self.host.restore(mac, claim.original, claim.transit_name)
+            problems = outcome.problems
+        current = self.state.claims.get(claim.endpoint_id)
+        if current is not None:
+            await self._release(current)
+        self.journal.note("release", mac=mac, endpoint=claim.endpoint_id, found=True)
+        self.log.info("operator released NIC {nic} from endpoint {endpoint}",
+                      nic=mac, endpoint=short(claim.endpoint_id))
+        return {"mac": mac, "endpoint": claim.endpoint_id, "found": True,
+                "restored": claim.original is not None, "problems": list(problems)}
+
     # -- reconciliation ----------------------------------------------------
 
     async def reconcile(self) -> dict[str, Any]:
@@ -336,7 +368,10 @@ class Core:
           namespace dies without dockerd): restore it, keep the claim until
           dockerd deletes the endpoint.
         """
-        restored, released, absent = [], [], []
+        started = self.clock()
+        restored: list[str] = []
+        released: list[str] = []
+        absent: list[str] = []
         for claim in list(self.state.claims.values()):
             if claim.original is None:
                 continue
@@ -362,8 +397,10 @@ class Core:
                 self.log.error("reconciling NIC {nic} failed: {error}",
                                nic=claim.mac, error=e.message)
         report = {"at": self.clock(), "restored": restored, "released": released,
-                  "absent": absent, "claims": len(self.state.claims)}
+                  "absent": absent, "claims": len(self.state.claims),
+                  "seconds": round(self.clock() - started, 6)}
         self.last_reconciliation = report
+        self.journal.note("reconciliation", **report)
         self.log.info("reconciliation: {restored} restored, {released} released, "
                       "{absent} not in the host namespace", restored=len(restored),
                       released=len(released), absent=len(absent))

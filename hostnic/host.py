@@ -7,6 +7,7 @@ in-memory model of a namespace.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Protocol
 
 import attrs
@@ -14,7 +15,17 @@ from twisted.internet.defer import Deferred
 
 from hostnic import netlink
 from hostnic.linkwatch import RTM_NEWLINK, LinkInfo, LinkMonitor
-from hostnic.model import NicState
+from hostnic.model import Address, NicState
+
+
+def pci_address(name: str) -> str | None:
+    """The PCI address of a NIC from sysfs, or None for a virtual one."""
+    try:
+        target = os.readlink(f"/sys/class/net/{name}/device")
+    except OSError:
+        return None
+    return os.path.basename(target) if "pci" in target or ":" in os.path.basename(target) \
+        else None
 
 
 @attrs.frozen
@@ -36,6 +47,11 @@ class HostPort(Protocol):
     async def rename(self, index: int, name: str) -> None: ...
     async def restore(self, mac: str, original: NicState,
                       transit_name: str) -> RestoreOutcome: ...
+    # For the admin view:
+    def all_links(self) -> list[LinkInfo]: ...
+    async def addresses(self) -> dict[int, list[Address]]: ...
+    async def pci_addresses(self, names: list[str]) -> dict[str, str | None]: ...
+    async def namespace_exists(self, path: str) -> bool: ...
 
 
 @attrs.define
@@ -86,3 +102,21 @@ class NetlinkHost:
             return RestoreOutcome(found=False)
         problems: list[str] = await self.run_in_thread(netlink.restore, link.index, original)
         return RestoreOutcome(found=True, name=link.name, problems=tuple(problems))
+
+    def all_links(self) -> list[LinkInfo]:
+        self.monitor.drain()
+        return self.monitor.inventory.all()
+
+    async def addresses(self) -> dict[int, list[Address]]:
+        found: dict[int, list[Address]] = await self.run_in_thread(netlink.all_addresses)
+        return found
+
+    async def pci_addresses(self, names: list[str]) -> dict[str, str | None]:
+        def read() -> dict[str, str | None]:
+            return {name: pci_address(name) for name in names}
+        found: dict[str, str | None] = await self.run_in_thread(read)
+        return found
+
+    async def namespace_exists(self, path: str) -> bool:
+        exists: bool = await self.run_in_thread(os.path.exists, path)
+        return exists

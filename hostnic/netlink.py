@@ -99,6 +99,15 @@ def read_state(index: int) -> NicState:
                     addresses=addresses)
 
 
+def all_addresses() -> dict[int, list[Address]]:
+    """Every address of the namespace, by link index (one dump, for the admin view)."""
+    found: dict[int, list[Address]] = {}
+    for a in _ipr().get_addr():
+        found.setdefault(a["index"], []).append(
+            Address(family=a["family"], address=a.get("address"), prefixlen=a["prefixlen"]))
+    return found
+
+
 def rename(index: int, name: str) -> None:
     """Set the link down and rename it (the kernel refuses to rename an up link)."""
     ipr = _ipr()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import attrs
 from twisted.application import service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.threads import deferToThread
@@ -15,7 +16,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
-from hostnic.calls import CallLog
+from hostnic.admin import AdminAPI, ServiceInfo, read_token
 from hostnic.core import Core
 from hostnic.driver import DriverAPI
 from hostnic.host import NetlinkHost
@@ -24,6 +25,8 @@ from hostnic.store import StateStore
 
 DEFAULT_SOCKET = "unix:/run/docker/plugins/hostnic.sock:mode=660:lockfile=1"
 DEFAULT_STATE_DIR = "/var/lib/hostnic"
+DEFAULT_ADMIN = "unix:/run/hostnic/admin.sock:mode=600:lockfile=1"
+NETWORK_ENDPOINTS = ("tcp:", "tcp6:", "ssl:")
 
 
 class Options(usage.Options):
@@ -35,15 +38,30 @@ class Options(usage.Options):
          "Twisted server endpoint for the driver API (unix:..., tcp:..., "
          "systemd:domain=UNIX:name=...)."],
         ["state-dir", None, DEFAULT_STATE_DIR, "Directory of hostnic's persisted state."],
+        ["admin", None, DEFAULT_ADMIN,
+         "Twisted server endpoint for the JSON-RPC admin API."],
+        ["admin-token-file", None, None,
+         "File holding the bearer token the admin API requires (mandatory on TCP)."],
     ]
 
     def postOptions(self) -> None:
         from twisted.internet import reactor
-        try:
-            serverFromString(reactor, self["socket"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise usage.UsageError(f"--socket {self['socket']!r} is not a server "
-                                   f"endpoint: {e}")
+        for option in ("socket", "admin"):
+            try:
+                serverFromString(reactor, self[option])
+            except (ValueError, KeyError, TypeError) as e:
+                raise usage.UsageError(f"--{option} {self[option]!r} is not a server "
+                                       f"endpoint: {e}")
+        self["admin-token"] = None
+        if self["admin-token-file"]:
+            try:
+                self["admin-token"] = read_token(self["admin-token-file"])
+            except (OSError, ValueError) as e:
+                raise usage.UsageError(f"--admin-token-file: {e}")
+        elif self["admin"].startswith(NETWORK_ENDPOINTS):
+            raise usage.UsageError("the admin API on a network endpoint needs "
+                                   "--admin-token-file: anyone who can connect could "
+                                   "read hostnic's state and release NICs")
 
 
 def unix_socket_dir(description: str) -> str | None:
@@ -72,9 +90,11 @@ class HostnicService(service.Service):
     reactor: Any
     socket: str
     state_dir: str
+    admin: str = DEFAULT_ADMIN
+    admin_token: bytes | None = None
     core: Core | None = None
     monitor: LinkMonitor | None = None
-    port: IListeningPort | None = None
+    ports: list[IListeningPort] = attrs.field(factory=list)
     log = Logger()
 
     def startService(self) -> None:
@@ -84,15 +104,20 @@ class HostnicService(service.Service):
         self.monitor = LinkMonitor(self.reactor, deferToThread)
         self.core = Core(host=NetlinkHost(self.monitor, deferToThread), store=store,
                          state=state)
-        driver = DriverAPI(self.core, CallLog())
-        directory = unix_socket_dir(self.socket)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
+        driver = DriverAPI(self.core, self.core.journal)
+        admin = AdminAPI(self.core, ServiceInfo(
+            pid=os.getpid(), started_at=time.time(), state_dir=self.state_dir,
+            endpoints={"driver": self.socket, "admin": self.admin}), token=self.admin_token)
         # Listen at once: dockerd must never find the socket missing. Requests
         # that touch state wait inside the core for the reconciliation.
-        listening = serverFromString(self.reactor, self.socket).listen(
-            Site(driver.app.resource()))
-        listening.addCallbacks(self._listening, self._fatal)
+        for name, description, resource in (("driver", self.socket, driver.app.resource()),
+                                            ("admin", self.admin, admin.app.resource())):
+            directory = unix_socket_dir(description)
+            if directory:
+                os.makedirs(directory, exist_ok=True)
+            listening = serverFromString(self.reactor, description).listen(Site(resource))
+            listening.addCallback(self._listening, name)
+            listening.addErrback(self._fatal)
         Deferred.fromCoroutine(self._reconcile(self.monitor, self.core)).addErrback(self._fatal)
         self.log.info("hostnic starting: driver on {socket}, state in {state_dir}, "
                       "{networks} networks and {claims} claims recorded",
@@ -103,9 +128,9 @@ class HostnicService(service.Service):
         await monitor.start()
         await core.start()
 
-    def _listening(self, port: IListeningPort) -> None:
-        self.port = port
-        self.log.info("driver API listening on {address}", address=port.getHost())
+    def _listening(self, port: IListeningPort, name: str) -> None:
+        self.ports.append(port)
+        self.log.info("{api} API listening on {address}", api=name, address=port.getHost())
 
     def _fatal(self, failure: Any) -> None:
         self.log.critical("hostnic cannot start: {error}", error=failure.getErrorMessage(),
@@ -117,13 +142,12 @@ class HostnicService(service.Service):
         service.Service.stopService(self)
         if self.monitor is not None:
             self.monitor.stop()
-        if self.port is not None:
-            return self.port.stopListening()
-        return None
+        return DeferredList([maybeDeferred(port.stopListening) for port in self.ports])
 
 
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
     top = service.MultiService()
-    HostnicService(reactor, options["socket"], options["state-dir"]).setServiceParent(top)
+    HostnicService(reactor, options["socket"], options["state-dir"], options["admin"],
+                   options["admin-token"]).setServiceParent(top)
     return top

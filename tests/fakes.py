@@ -49,6 +49,8 @@ class FakeHost:
     links: dict[int, FakeLink] = attrs.field(factory=dict)
     default_route_indexes: set[int] = attrs.field(factory=set)
     gate: "Deferred[None] | None" = None  # when set, host calls wait on it
+    live_namespaces: set[str] = attrs.field(factory=set)
+    pci: dict[str, str] = attrs.field(factory=dict)
     calls: list[tuple[str, Any]] = attrs.field(factory=list)
     _callbacks: list[Callable[[LinkInfo], None]] = attrs.field(factory=list)
     _next_index: int = 2
@@ -75,6 +77,7 @@ class FakeHost:
         if name in taken:
             raise OSError(17, "File exists")
         link.where, link.up, link.addresses = sandbox, True, [Address(2, address, 24)]
+        self.live_namespaces.add(sandbox)
         link.name = next(f"eth{i}" for i in range(100) if f"eth{i}" not in taken)
         return link
 
@@ -134,6 +137,20 @@ class FakeHost:
         if self._host_name_taken(name, index):
             raise HostError(f"could not rename interface {index} to {name}: File exists")
         link.up, link.name = False, name
+
+    def all_links(self) -> list[LinkInfo]:
+        return [l.info() for l in sorted(self.links.values(), key=lambda l: l.index)
+                if l.where == "host"]
+
+    async def addresses(self) -> dict[int, list[Address]]:
+        await self._wait("addresses", None)
+        return {l.index: list(l.addresses) for l in self.links.values() if l.where == "host"}
+
+    async def pci_addresses(self, names: list[str]) -> dict[str, str | None]:
+        return {name: self.pci.get(name) for name in names}
+
+    async def namespace_exists(self, path: str) -> bool:
+        return path in self.live_namespaces
 
     async def restore(self, mac: str, original: NicState, transit_name: str) -> RestoreOutcome:
         await self._wait("restore", mac)

@@ -333,3 +333,37 @@ def test_start_time_against_network_none(rig: Rig, cleanup: list, subnet: int,
         print(f"\ncontainer start, median of 10: --network none {figures['none']:.3f}s, "
               f"hostnic {figures['hostnic']:.3f}s, ratio {figures['ratio']:.2f}")
     assert snapshot(rig, nic)["name"] == nic.name
+
+
+# admin API ------------------------------------------------------------------
+
+def test_admin_cli_shows_what_dockerd_holds(rig: Rig, cleanup: list, subnet: int) -> None:
+    import os
+    import sys
+    from tests.e2e.rig import run
+    ctl = os.path.join(os.path.dirname(sys.executable), "hostnic-ctl")
+    segment = rig.segment(f"10.77.{subnet}.1/24")
+    nics = [segment.add_nic(f"hn{subnet}{x}") for x in "ab"]
+    network_id = create_network(rig, cleanup, f"net{subnet}", subnet,
+                                "-o", "hostnic_mac=" + ",".join(n.mac for n in nics))
+    run_container(rig, cleanup, f"c{subnet}", "--network", f"net{subnet}")
+    sandbox = rig.docker("inspect", "-f", "{{.NetworkSettings.SandboxKey}}", f"c{subnet}").stdout.strip()
+    mac = links_in(rig, f"c{subnet}")[1]["mac"]
+
+    def admin(*args: str) -> Any:
+        return json.loads(run(*rig.inside(ctl, "--json", *args)).stdout)
+
+    [endpoint] = [e for e in admin("endpoints") if e["network"] == network_id]
+    assert (endpoint["mac"], endpoint["sandbox_key"], endpoint["phase"]) == (mac, sandbox, "joined")
+    by_mac = {n["mac"]: n for n in admin("nics")}
+    assert by_mac[mac]["status"] == "in-container"
+    [free] = [n.mac for n in nics if n.mac != mac]
+    assert by_mac[free]["status"] == "in-pool"
+    refused = subprocess_run(rig.inside(ctl, "release", mac))
+    assert refused.returncode == 1 and "inside the live namespace" in refused.stderr
+    assert admin("status")["pid"] == rig.plugin.pid  # type: ignore[union-attr]
+
+
+def subprocess_run(cmd: list[str]) -> Any:
+    import subprocess
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=30)

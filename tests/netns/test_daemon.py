@@ -20,6 +20,7 @@ from tests.netns.nsutil import NetnsTestCase, ip
 
 pytestmark = pytest.mark.netns
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+CTL = os.path.join(os.path.dirname(sys.executable), "hostnic-ctl")
 NET = "a" * 63
 EP = "b" * 64
 
@@ -35,20 +36,24 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self.path)
 
 
-class DaemonTests(NetnsTestCase):
+class DaemonTestCase(NetnsTestCase):
+    """Starts and kills the installed daemon; talks to it as dockerd does."""
+
     def setUp(self) -> None:
         super().setUp()
         self.work = self.mktemp()
         os.makedirs(self.work)
         self.sock = os.path.join(self.work, "hostnic.sock")
+        self.admin_sock = os.path.join(self.work, "admin.sock")
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, *extra: str) -> None:
         log = open(os.path.join(self.work, "plugin.log"), "ab")
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", self.ns, TWISTD, "-n", "--pidfile=", "hostnic",
              "--socket", f"unix:{self.sock}:lockfile=1",
-             "--state-dir", os.path.join(self.work, "state")],
+             "--admin", f"unix:{self.admin_sock}:mode=600:lockfile=1",
+             "--state-dir", os.path.join(self.work, "state"), *extra],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.addCleanup(self.kill)
         deadline = time.monotonic() + 20
@@ -80,6 +85,9 @@ class DaemonTests(NetnsTestCase):
             "Options": {"com.docker.network.generic": {"hostnic_mac": mac}},
             "IPv4Data": [{"Pool": "10.9.0.0/24", "Gateway": "10.9.0.1/24"}]})
 
+
+
+class DaemonTests(DaemonTestCase):
     def test_sigkill_at_any_moment_loses_no_acknowledged_change(self) -> None:
         macs = [self.veth(f"v{i}") for i in range(30)]
         self.start()
@@ -136,3 +144,86 @@ class DaemonTests(NetnsTestCase):
         self.assertEqual(self.call("NetworkDriver.CreateEndpoint", {
             "NetworkID": NET, "EndpointID": "c" * 64, "Interface": {"Address": "10.9.0.11/24"}}),
             {"Interface": {"MacAddress": mac}})
+
+
+def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CTL, *args], capture_output=True, text=True, timeout=30)
+
+
+class AdminDaemonTests(DaemonTestCase):
+    def test_cli_against_a_running_daemon(self) -> None:
+        mac = self.veth("ens9")
+        ip("-n", self.ns, "addr", "add", "10.5.0.5/24", "dev", "ens9")
+        self.start()
+        self.assertEqual(self.create_network(NET, mac), {})
+        ref = {"NetworkID": NET, "EndpointID": EP}
+        self.call("NetworkDriver.CreateEndpoint", {**ref, "Interface": {"Address": "10.9.0.10/24"}})
+        self.call("NetworkDriver.Join", {**ref, "SandboxKey": "/nonexistent/sandbox"})
+        admin = ["--admin", self.admin_sock]
+
+        status = ctl(*admin, "status")
+        self.assertEqual(status.returncode, 0, status.stderr)
+        self.assertIn("networks 1, endpoints 1, NICs claimed 1, free 0", status.stdout)
+        networks = ctl(*admin, "networks").stdout.splitlines()
+        self.assertEqual(networks[0].split(), ["NETWORK", "GATEWAY", "SUBNETS", "IN", "USE", "POOL"])
+        self.assertIn(NET[:12], networks[1])
+        self.assertIn("1/1", networks[1])
+        self.assertIn("joined", ctl(*admin, "endpoints").stdout)
+        nics = json.loads(ctl(*admin, "--json", "nics").stdout)
+        [nic] = [n for n in nics if n["mac"] == mac]
+        self.assertEqual((nic["status"], nic["driver"], nic["name"]), ("claimed", "veth", "hn" + EP[:13]))
+        table = ctl(*admin, "nics").stdout
+        self.assertIn("STATUS", table.splitlines()[0])
+        self.assertIn("NetworkDriver.Join", ctl(*admin, "events", "-n", "5").stdout)
+        self.assertEqual(json.loads(ctl(*admin, "--json", "status").stdout)["networks"], 1)
+
+        released = ctl(*admin, "release", mac.upper())
+        self.assertEqual(released.returncode, 0, released.stderr)
+        self.assertIn("released from endpoint", released.stdout)
+        shown = json.loads(ip("-n", self.ns, "-j", "addr", "show", "dev", "ens9"))[0]
+        self.assertIn("10.5.0.5", [a["local"] for a in shown["addr_info"]])
+        again = ctl(*admin, "release", mac)
+        self.assertEqual((again.returncode, again.stderr.strip()),
+                         (1, f"hostnic-ctl: NIC {mac} is not claimed by any hostnic endpoint"))
+
+        self.kill()
+        down = ctl(*admin, "status")
+        self.assertEqual(down.returncode, 1)
+        self.assertEqual(down.stderr.count("\n"), 1)
+        self.assertIn(f"hostnic-ctl: cannot reach hostnic at {self.admin_sock}", down.stderr)
+        self.assertNotIn("Traceback", down.stderr)
+
+    def test_tcp_admin_requires_a_token(self) -> None:
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        refused = subprocess.run(
+            ["ip", "netns", "exec", self.ns, TWISTD, "-n", "--pidfile=", "hostnic",
+             "--socket", f"unix:{self.sock}", "--state-dir", os.path.join(self.work, "s"),
+             "--admin", f"tcp:{port}:interface=127.0.0.1"],
+            capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("needs --admin-token-file", refused.stdout + refused.stderr)
+
+        token_file = os.path.join(self.work, "token")
+        with open(token_file, "w") as f:
+            f.write("s3cret\n")
+        os.chmod(token_file, 0o600)
+        self.admin_sock = "unused"
+        self.start("--admin", f"tcp:{port}:interface=127.0.0.1", "--admin-token-file", token_file)
+        admin = ["--admin", f"tcp:127.0.0.1:{port}"]
+        # The daemon listens in its own namespace: reach it from there.
+        def ctl_in_ns(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(["ip", "netns", "exec", self.ns, CTL, *args],
+                                  capture_output=True, text=True, timeout=30)
+        deadline = time.monotonic() + 10
+        while "cannot reach" in (denied := ctl_in_ns(*admin, "status")).stderr \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertEqual(denied.returncode, 1)
+        self.assertIn("a valid --token-file is needed", denied.stderr)
+        allowed = ctl_in_ns(*admin, "--token-file", token_file, "--json", "status")
+        self.assertEqual(allowed.returncode, 0, allowed.stderr)
+        self.assertEqual(json.loads(allowed.stdout)["endpoints"]["admin"],
+                         f"tcp:{port}:interface=127.0.0.1")

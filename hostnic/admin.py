@@ -1,0 +1,215 @@
+"""The admin API: JSON-RPC 2.0 at ``POST /rpc`` and Prometheus text at
+``GET /metrics``, answering from the same core (and live inventory) that
+serves the driver API. On TCP every request needs ``Authorization: Bearer``."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import time
+from typing import Any, Callable
+
+import attrs
+from klein import Klein
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from hostnic import __version__, views
+from hostnic.calls import CallLog
+from hostnic.core import Core
+from hostnic.errors import (HostError, HostnicError, InvalidOption, NicUnavailable,
+                            PoolExhausted, StoreError, UnknownObject)
+from hostnic.jsonrpc import INVALID_PARAMS, Dispatcher, Method, RPCError
+from hostnic.model import normalize_mac, valid_ifname
+
+MAX_BODY = 1 << 20
+ERROR_CODES: dict[type[HostnicError], int] = {
+    UnknownObject: -32001, NicUnavailable: -32002, PoolExhausted: -32002,
+    StoreError: -32003, HostError: -32004, InvalidOption: INVALID_PARAMS,
+}
+
+
+@attrs.frozen
+class ServiceInfo:
+    pid: int
+    started_at: float
+    endpoints: dict[str, str]
+    state_dir: str
+
+
+@attrs.define
+class AdminAPI:
+    core: Core
+    info: ServiceInfo
+    token: bytes | None = None
+    clock: Callable[[], float] = time.time
+    rpc: Dispatcher = attrs.field(init=False)
+    app = Klein()
+    log = Logger()
+
+    def __attrs_post_init__(self) -> None:
+        self.rpc = Dispatcher(error_codes=ERROR_CODES)
+        methods: dict[str, Method] = {
+            "status": self.status, "networks.list": self.networks_list,
+            "networks.get": self.networks_get, "endpoints.list": self.endpoints_list,
+            "nics.list": self.nics_list, "nics.get": self.nics_get,
+            "events.recent": self.events_recent, "metrics": self.metrics,
+            "nics.release": self.nics_release,
+        }
+        for name, method in methods.items():
+            self.rpc.register(name, method)
+
+    @property
+    def journal(self) -> CallLog:
+        return self.core.journal
+
+    # -- HTTP --------------------------------------------------------------
+
+    def _authorized(self, request: IRequest) -> bool:
+        if self.token is None:
+            return True
+        header = request.getHeader(b"authorization") or b""
+        return hmac.compare_digest(header, b"Bearer " + self.token)
+
+    def _deny(self, request: IRequest) -> bytes:
+        request.setResponseCode(401)
+        request.setHeader(b"WWW-Authenticate", b'Bearer realm="hostnic"')
+        request.setHeader(b"Content-Type", b"application/json")
+        return b'{"error": "this admin endpoint needs Authorization: Bearer <token>"}'
+
+    @app.route("/rpc", methods=["POST"])
+    async def post_rpc(self, request: IRequest) -> bytes:
+        if not self._authorized(request):
+            return self._deny(request)
+        assert request.content is not None
+        raw = request.content.read(MAX_BODY + 1)
+        request.setHeader(b"Content-Type", b"application/json")
+        if len(raw) > MAX_BODY:
+            return (b'{"jsonrpc": "2.0", "error": {"code": -32600, "message": '
+                    b'"Invalid Request: body larger than 1 MiB"}, "id": null}')
+        answer = await self.rpc.handle(raw)
+        if answer is None:
+            request.setResponseCode(204)  # notifications only: nothing is owed
+            return b""
+        return answer
+
+    @app.route("/metrics", methods=["GET"])
+    def get_metrics(self, request: IRequest) -> bytes:
+        if not self._authorized(request):
+            return self._deny(request)
+        request.setHeader(b"Content-Type", b"text/plain; version=0.0.4")
+        return self.prometheus().encode()
+
+    @app.route("/", branch=True)
+    def elsewhere(self, request: IRequest) -> bytes:
+        request.setResponseCode(405 if request.path in (b"/rpc", b"/metrics") else 404)
+        request.setHeader(b"Content-Type", b"application/json")
+        return (b'{"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request: '
+                b'JSON-RPC is served at POST /rpc, metrics at GET /metrics"}, "id": null}')
+
+    # -- methods -----------------------------------------------------------
+
+    async def status(self) -> dict[str, Any]:
+        state = self.core.state
+        pooled = [mac for n in state.networks.values() for mac in n.pool]
+        claimed = {c.mac for c in state.claims.values()}
+        return {"version": __version__, "pid": self.info.pid,
+                "uptime": round(self.clock() - self.info.started_at, 3),
+                "endpoints": self.info.endpoints, "state_dir": self.info.state_dir,
+                "networks": len(state.networks), "endpoints_count": len(state.claims),
+                "nics_claimed": len(claimed),
+                "nics_free": len([m for m in pooled if m not in claimed]),
+                "last_reconciliation": self.core.last_reconciliation}
+
+    def _names(self) -> dict[str, str]:
+        return {link.mac: link.name for link in self.core.host.all_links() if link.mac}
+
+    async def networks_list(self) -> list[dict[str, Any]]:
+        names, state = self._names(), self.core.state
+        return [views.network_view(n, state, names) for n in state.networks.values()]
+
+    async def networks_get(self, id: str) -> dict[str, Any]:
+        matches = [n for n in self.core.state.networks.values() if n.id.startswith(id)]
+        if len(matches) != 1 or not id:
+            raise UnknownObject(f"hostnic holds no network {id[:64]!r}" if not matches else
+                                f"{id!r} names {len(matches)} networks; give more of the id")
+        return views.network_view(matches[0], self.core.state, self._names())
+
+    async def endpoints_list(self) -> list[dict[str, Any]]:
+        host = self.core.host
+        return [views.claim_view(c, bool(host.known_links(c.mac)))
+                for c in self.core.state.claims.values()]
+
+    async def nics_list(self) -> list[dict[str, Any]]:
+        host = self.core.host
+        links = host.all_links()
+        addresses = await host.addresses()
+        pci = await host.pci_addresses([link.name for link in links if link.mac])
+        management = await host.default_route_links()
+        return views.nic_views(links, addresses, pci, management, self.core.state)
+
+    async def nics_get(self, key: str) -> dict[str, Any]:
+        mac = None
+        try:
+            mac = normalize_mac(key)
+        except InvalidOption:
+            if not valid_ifname(key):
+                raise RPCError(INVALID_PARAMS, f"{key[:64]!r} is neither a MAC nor an "
+                                               f"interface name") from None
+        for nic in await self.nics_list():
+            if (mac is not None and nic["mac"] == mac) or (mac is None and nic["name"] == key):
+                return nic
+        raise UnknownObject(f"no NIC {key!r} in the host namespace or in hostnic's state")
+
+    async def events_recent(self, limit: int = 50) -> list[dict[str, Any]]:
+        if not 1 <= limit <= self.journal.size:
+            raise RPCError(INVALID_PARAMS, f"limit must be between 1 and {self.journal.size}")
+        return self.journal.last(limit)
+
+    async def metrics(self) -> dict[str, Any]:
+        return {method: {"count": s.count, "errors": s.errors,
+                         "seconds_total": round(s.total_seconds, 6),
+                         "buckets": [[le, n] for le, n in s.cumulative()]}
+                for method, s in sorted(self.journal.stats.items())}
+
+    async def nics_release(self, mac: str) -> dict[str, Any]:
+        return await self.core.release(normalize_mac(mac))
+
+    def prometheus(self) -> str:
+        lines = [
+            "# HELP hostnic_driver_calls_total Driver API calls, by method.",
+            "# TYPE hostnic_driver_calls_total counter"]
+        stats = sorted(self.journal.stats.items())
+        lines += [f'hostnic_driver_calls_total{{method="{m}"}} {s.count}' for m, s in stats]
+        lines += ["# HELP hostnic_driver_call_errors_total Driver API calls answered with Err.",
+                  "# TYPE hostnic_driver_call_errors_total counter"]
+        lines += [f'hostnic_driver_call_errors_total{{method="{m}"}} {s.errors}' for m, s in stats]
+        lines += ["# HELP hostnic_driver_call_duration_seconds Driver API call latency.",
+                  "# TYPE hostnic_driver_call_duration_seconds histogram"]
+        for m, s in stats:
+            lines += [f'hostnic_driver_call_duration_seconds_bucket{{method="{m}",le="{le}"}} {n}'
+                      for le, n in s.cumulative()]
+            lines.append(f'hostnic_driver_call_duration_seconds_sum{{method="{m}"}} '
+                         f'{s.total_seconds:.6f}')
+            lines.append(f'hostnic_driver_call_duration_seconds_count{{method="{m}"}} {s.count}')
+        state = self.core.state
+        claimed = {c.mac for c in state.claims.values()}
+        pooled = {mac for n in state.networks.values() for mac in n.pool}
+        lines += ["# TYPE hostnic_networks gauge", f"hostnic_networks {len(state.networks)}",
+                  "# TYPE hostnic_endpoints gauge", f"hostnic_endpoints {len(state.claims)}",
+                  "# TYPE hostnic_nics gauge",
+                  f'hostnic_nics{{state="claimed"}} {len(claimed)}',
+                  f'hostnic_nics{{state="free"}} {len(pooled - claimed)}',
+                  "# TYPE hostnic_uptime_seconds gauge",
+                  f"hostnic_uptime_seconds {self.clock() - self.info.started_at:.3f}"]
+        return "\n".join(lines) + "\n"
+
+
+def read_token(path: str) -> bytes:
+    with open(path, "rb") as f:
+        token = f.read().strip()
+    if not token:
+        raise ValueError(f"token file {path} is empty")
+    if os.stat(path).st_mode & 0o077:
+        Logger().warn("token file {path} is readable by others", path=path)
+    return token

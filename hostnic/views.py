@@ -1,0 +1,95 @@
+"""What the admin API shows: plain dicts built from the core's state and the
+host's live inventory. Pure functions, no I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hostnic.linkwatch import LinkInfo
+from hostnic.model import Address, Claim, Network, NicState, Phase, State
+
+VIRTUAL_HINT = "virtual"
+
+
+def address_list(addresses: list[Address] | tuple[Address, ...]) -> list[str]:
+    return [str(a) for a in addresses]
+
+
+def nic_state(state: NicState | None) -> dict[str, Any] | None:
+    if state is None:
+        return None
+    return {"name": state.name, "mac": state.mac, "mtu": state.mtu,
+            "admin": "up" if state.up else "down", "addresses": address_list(state.addresses)}
+
+
+def claim_view(claim: Claim, present: bool) -> dict[str, Any]:
+    return {"endpoint": claim.endpoint_id, "network": claim.network_id, "mac": claim.mac,
+            "phase": claim.phase.value, "created_at": claim.created_at,
+            "joined_at": claim.joined_at, "sandbox_key": claim.sandbox_key,
+            "nic_in_host": present, "original": nic_state(claim.original)}
+
+
+def network_view(network: Network, state: State, names: dict[str, str]) -> dict[str, Any]:
+    users = {c.mac: c.endpoint_id for c in state.claims.values()}
+    return {"id": network.id, "gateway4": network.gateway4, "gateway6": network.gateway6,
+            "subnets": list(network.subnets), "options": dict(network.options),
+            "pool": [{"mac": mac, "name": names.get(mac), "endpoint": users.get(mac)}
+                     for mac in network.pool]}
+
+
+def nic_status(mac: str, present: bool, state: State, management: bool,
+               loopback: bool = False) -> str:
+    claim = state.claim_of_mac(mac)
+    if claim is not None:
+        if present:
+            return "claimed"
+        return "missing" if claim.phase is Phase.RELEASING or claim.original is None \
+            else "in-container"
+    if state.network_of_mac(mac) is not None:
+        return "in-pool" if present else "missing"
+    if loopback:
+        return "loopback"
+    return "management" if management else "free"
+
+
+def nic_views(links: list[LinkInfo], addresses: dict[int, list[Address]],
+              pci: dict[str, str | None], management: set[int], state: State
+              ) -> list[dict[str, Any]]:
+    """Every NIC of the host namespace, then every known NIC that is elsewhere."""
+    views: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for link in links:
+        if link.mac is None:
+            continue
+        seen.add(link.mac)
+        network = state.network_of_mac(link.mac)
+        claim = state.claim_of_mac(link.mac)
+        views.append({
+            "name": link.name, "mac": link.mac, "index": link.index,
+            "kind": "virtual" if link.kind else "physical", "driver": link.kind,
+            "pci": pci.get(link.name), "mtu": link.mtu,
+            "admin": "up" if link.up else "down", "oper": "up" if link.carrier else "down",
+            "addresses": address_list(addresses.get(link.index, [])),
+            "status": nic_status(link.mac, True, state, link.index in management,
+                                 link.loopback),
+            "management": link.index in management,
+            "network": network.id if network else None,
+            "endpoint": claim.endpoint_id if claim else None, "where": "host"})
+    elsewhere = [*(c.mac for c in state.claims.values()),
+                 *(m for n in state.networks.values() for m in n.pool)]
+    for mac in dict.fromkeys(elsewhere):
+        if mac in seen:
+            continue
+        claim = state.claim_of_mac(mac)
+        network = state.network_of_mac(mac)
+        original = claim.original if claim else None
+        views.append({
+            "name": original.name if original else None, "mac": mac, "index": None,
+            "kind": None, "driver": None, "pci": None,
+            "mtu": original.mtu if original else None, "admin": None, "oper": None,
+            "addresses": [], "status": nic_status(mac, False, state, False),
+            "management": False, "network": network.id if network else None,
+            "endpoint": claim.endpoint_id if claim else None,
+            "where": (claim.sandbox_key or "container") if claim and claim.original else None,
+            "original": nic_state(original)})
+    return views

@@ -1,0 +1,224 @@
+"""The admin API: every method and every JSON-RPC error, through Klein with no socket."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.defer import fail
+
+from hostnic.admin import AdminAPI, ServiceInfo
+from hostnic.model import Address
+from tests.helpers import EP, EP2, MAC1, MAC2, MAC3, NET, CoreTestCase
+
+URL = "http://admin/"
+SANDBOX = "/var/run/docker/netns/abc"
+
+
+class AdminTestCase(CoreTestCase):
+    token: bytes | None = None
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.host.add("lo", "00:00:00:00:00:00", loopback=True)
+        self.mgmt = self.host.add("ens3", "52:54:00:00:00:03", up=True,
+                                  addresses=[Address(2, "192.0.2.2", 24)])
+        self.host.default_route_indexes.add(self.mgmt.index)
+        self.nic1 = self.host.add("ens4", MAC1, up=True, addresses=[Address(2, "10.1.1.5", 24)])
+        self.nic2 = self.host.add("ens5", MAC2)
+        self.host.add("veth7", MAC3, kind="veth")
+        self.host.pci["ens4"] = "0000:00:04.0"
+        self.create_network(hostnic_mac=f"{MAC1},{MAC2}")
+        self.create_endpoint(EP)
+        src = self.join(EP)["InterfaceName"]["SrcName"]
+        self.host.dockerd_moves_in(src, SANDBOX, "192.168.7.10")
+        self.clock = [5000.0]
+        self.admin = AdminAPI(self.core, ServiceInfo(pid=42, started_at=4000.0, state_dir="/s",
+                              endpoints={"driver": "unix:/d", "admin": "unix:/a"}),
+                              token=self.token, clock=lambda: self.clock[0])
+        self.treq = StubTreq(self.admin.app.resource())
+
+    def http(self, verb: str, path: str, raw: bytes = b"",
+             headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        response = self.successResultOf(self.treq.request(
+            verb, URL + path, data=raw, headers=headers or {}))
+        return response.code, self.successResultOf(response.content())
+
+    def rpc(self, payload: Any, raw: bytes | None = None) -> Any:
+        code, body = self.http("POST", "rpc", raw if raw is not None else json.dumps(payload).encode())
+        self.assertEqual(code, 200)
+        return json.loads(body)
+
+    def result(self, method: str, params: Any = None) -> Any:
+        request = {"jsonrpc": "2.0", "id": 7, "method": method}
+        if params is not None:
+            request["params"] = params
+        answer = self.rpc(request)
+        self.assertEqual(answer.get("id"), 7)
+        self.assertNotIn("error", answer, answer)
+        return answer["result"]
+
+    def error(self, payload: Any, raw: bytes | None = None) -> tuple[int, str]:
+        answer = self.rpc(payload, raw)
+        return answer["error"]["code"], answer["error"]["message"]
+
+
+class MethodTests(AdminTestCase):
+    def test_status(self) -> None:
+        status = self.result("status")
+        self.assertEqual({k: status[k] for k in ("pid", "uptime", "networks", "endpoints_count",
+                                                 "nics_claimed", "nics_free", "state_dir")},
+                         {"pid": 42, "uptime": 1000.0, "networks": 1, "endpoints_count": 1,
+                          "nics_claimed": 1, "nics_free": 1, "state_dir": "/s"})
+        self.assertEqual(status["endpoints"], {"driver": "unix:/d", "admin": "unix:/a"})
+        self.assertEqual(status["last_reconciliation"]["claims"], 0)
+
+    def test_networks(self) -> None:
+        [network] = self.result("networks.list")
+        self.assertEqual(network["pool"], [{"mac": MAC1, "name": None, "endpoint": EP},
+                                           {"mac": MAC2, "name": "ens5", "endpoint": None}])
+        self.assertEqual((network["gateway4"], network["subnets"]), ("192.168.7.1", ["192.168.7.0/24"]))
+        self.assertEqual(self.result("networks.get", {"id": NET[:12]}), network)
+        self.assertEqual(self.result("networks.get", [NET]), network)
+        self.assertEqual(self.error({"jsonrpc": "2.0", "id": 1, "method": "networks.get",
+                                     "params": {"id": "ffff"}}),
+                         (-32001, "hostnic holds no network 'ffff'"))
+
+    def test_endpoints(self) -> None:
+        [endpoint] = self.result("endpoints.list")
+        self.assertEqual((endpoint["endpoint"], endpoint["mac"], endpoint["phase"],
+                          endpoint["sandbox_key"], endpoint["nic_in_host"]),
+                         (EP, MAC1, "joined", "/var/run/docker/netns/abc", False))
+        self.assertEqual(endpoint["original"], {"name": "ens4", "mac": MAC1, "mtu": 1500,
+                                                "admin": "up", "addresses": ["10.1.1.5/24"]})
+
+    def test_nics(self) -> None:
+        nics = {n["mac"]: n for n in self.result("nics.list")}
+        self.assertEqual({mac: n["status"] for mac, n in nics.items()}, {
+            "00:00:00:00:00:00": "loopback", "52:54:00:00:00:03": "management",
+            MAC1: "in-container", MAC2: "in-pool", MAC3: "free"})
+        self.assertEqual((nics[MAC3]["kind"], nics[MAC3]["driver"]), ("virtual", "veth"))
+        self.assertEqual(nics["52:54:00:00:00:03"]["addresses"], ["192.0.2.2/24"])
+        self.assertEqual((nics[MAC1]["where"], nics[MAC1]["name"], nics[MAC1]["endpoint"]),
+                         (SANDBOX, "ens4", EP))
+        self.assertEqual(self.result("nics.get", {"key": "5254.00e1.d9e2"})["name"], "ens5")
+        self.assertEqual(self.result("nics.get", {"key": "ens5"})["mac"], MAC2)
+        self.assertEqual(self.error({"jsonrpc": "2.0", "id": 1, "method": "nics.get",
+                                     "params": {"key": "nope0"}})[0], -32001)
+        self.assertEqual(self.error({"jsonrpc": "2.0", "id": 1, "method": "nics.get",
+                                     "params": {"key": "a/b"}})[0], -32602)
+
+    def test_events_and_metrics(self) -> None:
+        self.core.journal.record("NetworkDriver.Join", 0.003, None)
+        self.core.journal.record("NetworkDriver.Join", 0.2, "refused")
+        events = self.result("events.recent", {"limit": 2})
+        self.assertEqual([e["kind"] for e in events], ["call", "call"])
+        self.assertEqual(events[1]["error"], "refused")
+        self.assertEqual(self.result("events.recent")[0]["kind"], "reconciliation")
+        metrics = self.result("metrics")["NetworkDriver.Join"]
+        self.assertEqual((metrics["count"], metrics["errors"]), (2, 1))
+        self.assertIn(["0.005", 1], metrics["buckets"])
+        self.assertIn(["+Inf", 2], metrics["buckets"])
+        code, text = self.http("GET", "metrics")
+        self.assertEqual(code, 200)
+        lines = text.decode().splitlines()
+        self.assertIn('hostnic_driver_calls_total{method="NetworkDriver.Join"} 2', lines)
+        self.assertIn('hostnic_driver_call_duration_seconds_bucket{method="NetworkDriver.Join",'
+                      'le="0.25"} 2', lines)
+        self.assertIn('hostnic_nics{state="claimed"} 1', lines)
+
+    def test_release(self) -> None:
+        code, message = self.error({"jsonrpc": "2.0", "id": 1, "method": "nics.release",
+                                    "params": {"mac": MAC1}})
+        self.assertEqual(code, -32002)
+        self.assertIn("inside the live namespace /var/run/docker/netns/abc", message)
+        # The container died but dockerd never deleted the endpoint.
+        self.host.live_namespaces.clear()
+        self.host.kernel_returns(MAC1)
+        released = self.result("nics.release", {"mac": MAC1.upper()})
+        self.assertEqual((released["found"], released["restored"]), (True, True))
+        self.assertEqual((self.nic1.name, self.nic1.up), ("ens4", True))
+        self.assertEqual(self.core.state.claims, {})
+        self.assertEqual(self.error({"jsonrpc": "2.0", "id": 1, "method": "nics.release",
+                                     "params": [MAC1]}),
+                         (-32001, f"NIC {MAC1} is not claimed by any hostnic endpoint"))
+
+    def test_release_of_a_nic_that_is_gone(self) -> None:
+        self.host.live_namespaces.clear()  # a virtual NIC deleted with its namespace
+        del self.host.links[self.nic1.index]
+        released = self.result("nics.release", {"mac": MAC1})
+        self.assertEqual((released["found"], released["endpoint"]), (False, EP))
+        self.create_endpoint(EP2)  # the claim is gone
+
+
+class ProtocolTests(AdminTestCase):
+    def test_standard_errors(self) -> None:
+        self.assertEqual(self.error(None, b"{nope")[0], -32700)
+        self.assertEqual(self.rpc(None, b"{nope")["id"], None)
+        self.assertEqual(self.error([]), (-32600, "Invalid Request: empty batch"))
+        self.assertEqual(self.error({"jsonrpc": "1.0", "id": 1, "method": "status"})[0], -32600)
+        self.assertEqual(self.error({"jsonrpc": "2.0", "id": 1, "method": 5})[0], -32600)
+        self.assertEqual(self.error({"jsonrpc": "2.0", "id": [1], "method": "status"})[0], -32600)
+        self.assertEqual(self.error({"jsonrpc": "2.0", "id": 1, "method": "status",
+                                     "params": "x"})[0], -32600)
+        self.assertEqual(self.error({"jsonrpc": "2.0", "id": 1, "method": "nope"})[0], -32601)
+        self.assertEqual(self.error({"jsonrpc": "2.0", "id": 1, "method": "events.recent",
+                                     "params": {"limit": "ten"}}),
+                         (-32602, "Invalid params for events.recent: limit must be an int"))
+        self.assertEqual(self.error({"jsonrpc": "2.0", "id": 1, "method": "networks.get",
+                                     "params": {"bogus": 1}})[0], -32602)
+        self.assertEqual(self.error({"jsonrpc": "2.0", "id": 1, "method": "events.recent",
+                                     "params": {"limit": 0}})[0], -32602)
+        self.host.gate = fail(RuntimeError("netlink broke"))
+        self.assertEqual(self.error({"jsonrpc": "2.0", "id": 1, "method": "nics.list"}),
+                         (-32603, "Internal error: RuntimeError: netlink broke"))
+        self.flushLoggedErrors(RuntimeError)
+
+    def test_batch_mixing_good_bad_and_notifications(self) -> None:
+        answers = self.rpc([
+            {"jsonrpc": "2.0", "id": "a", "method": "status"},
+            {"jsonrpc": "2.0", "method": "status"},  # a notification: no answer
+            {"jsonrpc": "2.0", "id": "b", "method": "nope"},
+            17,
+            {"jsonrpc": "2.0", "id": "c", "method": "networks.get", "params": ["ffff"]},
+        ])
+        self.assertEqual([(a["id"], "result" in a, a.get("error", {}).get("code"))
+                          for a in answers],
+                         [("a", True, None), ("b", False, -32601), (None, False, -32600),
+                          ("c", False, -32001)])
+
+    def test_notifications_alone_get_no_body(self) -> None:
+        self.assertEqual(self.http("POST", "rpc", json.dumps(
+            {"jsonrpc": "2.0", "method": "status"}).encode()), (204, b""))
+        self.assertEqual(self.http("POST", "rpc", json.dumps(
+            [{"jsonrpc": "2.0", "method": "status"}]).encode()), (204, b""))
+
+    def test_other_paths_and_huge_bodies(self) -> None:
+        code, body = self.http("GET", "rpc")
+        self.assertEqual(code, 405)
+        code, body = self.http("POST", "nope", b"{}")
+        self.assertEqual((code, json.loads(body)["error"]["code"]), (404, -32600))
+        code, body = self.http("POST", "rpc", b"[" + b"1," * (1 << 20) + b"1]")
+        self.assertEqual(json.loads(body)["error"]["code"], -32600)
+
+    def test_bad_input_changes_nothing(self) -> None:
+        before = self.core.state
+        for raw in (b"{", b"[]", b'{"jsonrpc":"2.0","id":1,"method":"nics.release","params":{}}',
+                    b'{"jsonrpc":"2.0","id":1,"method":"nics.release","params":{"mac":"zz"}}'):
+            self.http("POST", "rpc", raw)
+        self.assertEqual(self.core.state, before)
+
+
+class TokenTests(AdminTestCase):
+    token = b"s3cret"
+
+    def test_requests_without_the_token_get_401_and_no_data(self) -> None:
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "status"}).encode()
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            code, answer = self.http("POST", "rpc", body, headers)
+            self.assertEqual(code, 401)
+            self.assertNotIn(b"pid", answer)
+        self.assertEqual(self.http("GET", "metrics")[0], 401)
+        code, answer = self.http("POST", "rpc", body, {"Authorization": "Bearer s3cret"})
+        self.assertEqual((code, json.loads(answer)["result"]["pid"]), (200, 42))
