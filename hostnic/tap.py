@@ -14,14 +14,16 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.server import Site
 
+from hostnic.activation import server_endpoint
 from hostnic.admin import AdminAPI, ServiceInfo, read_token
 from hostnic.core import Core
 from hostnic.driver import DriverAPI
 from hostnic.host import NetlinkHost
 from hostnic.linkwatch import LinkMonitor
+from hostnic.sdnotify import notify
 from hostnic.store import StateStore
+from hostnic.web import driver_error, json_site, jsonrpc_error
 
 DEFAULT_SOCKET = "unix:/run/docker/plugins/hostnic.sock:mode=660:lockfile=1"
 DEFAULT_STATE_DIR = "/var/lib/hostnic"
@@ -110,14 +112,21 @@ class HostnicService(service.Service):
             endpoints={"driver": self.socket, "admin": self.admin}), token=self.admin_token)
         # Listen at once: dockerd must never find the socket missing. Requests
         # that touch state wait inside the core for the reconciliation.
-        for name, description, resource in (("driver", self.socket, driver.app.resource()),
-                                            ("admin", self.admin, admin.app.resource())):
+        listens = []
+        for name, description, site in (
+                ("driver", self.socket, json_site(driver.app.resource(), driver_error)),
+                ("admin", self.admin, json_site(admin.app.resource(), jsonrpc_error))):
             directory = unix_socket_dir(description)
             if directory:
                 os.makedirs(directory, exist_ok=True)
-            listening = serverFromString(self.reactor, description).listen(Site(resource))
+            listening = server_endpoint(self.reactor, description).listen(site)
             listening.addCallback(self._listening, name)
-            listening.addErrback(self._fatal)
+            listens.append(listening)
+        # Readiness for Type=notify: both ports listen (requests that need the
+        # reconciliation wait for it inside the core).
+        DeferredList(listens, fireOnOneErrback=True, consumeErrors=True).addCallbacks(
+            lambda _: notify("READY=1\nSTATUS=serving"),
+            lambda failure: self._fatal(failure.value.subFailure))
         Deferred.fromCoroutine(self._reconcile(self.monitor, self.core)).addErrback(self._fatal)
         self.log.info("hostnic starting: driver on {socket}, state in {state_dir}, "
                       "{networks} networks and {claims} claims recorded",
@@ -140,6 +149,7 @@ class HostnicService(service.Service):
 
     def stopService(self) -> Any:
         service.Service.stopService(self)
+        notify("STOPPING=1")
         if self.monitor is not None:
             self.monitor.stop()
         return DeferredList([maybeDeferred(port.stopListening) for port in self.ports])
