@@ -46,6 +46,9 @@ exec sleep 86400
 """
 
 
+_rigs = itertools.count(1)
+
+
 class RigError(Exception):
     pass
 
@@ -102,7 +105,7 @@ class Segment:
 @attrs.define
 class Rig:
     work: str = attrs.field(factory=lambda: tempfile.mkdtemp(prefix="hostnic-e2e-"))
-    netns: str = attrs.field(factory=lambda: f"hne2e{os.getpid()}")
+    netns: str = attrs.field(factory=lambda: f"hne2e{os.getpid()}x{next(_rigs)}")
     holder: subprocess.Popen[bytes] | None = None
     plugin: subprocess.Popen[bytes] | None = None
     dockerd: subprocess.Popen[bytes] | None = None
@@ -122,7 +125,7 @@ class Rig:
 
     # -- bring-up ----------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, plugin: bool = True) -> None:
         run("ip", "netns", "add", self.netns)
         run("ip", "-n", self.netns, "link", "set", "lo", "up")
         script = os.path.join(self.work, "holder.sh")
@@ -138,7 +141,8 @@ class Rig:
             raise RigError("namespace holder failed: " + self.log("holder.log"))
         self.start_dockerd()
         self.build_image()
-        self.start_plugin()
+        if plugin:
+            self.start_plugin()
 
     def inside(self, *cmd: str) -> list[str]:
         """A command line that runs in dockerd's network and mount namespace."""

@@ -1,0 +1,71 @@
+"""What systemd does for hostnic.socket + hostnic.service, for tests on a
+machine without systemd as PID 1: hold the listening socket (mode from the
+unit), and on each "start" line run ExecStart with LISTEN_FDS/LISTEN_PID/
+LISTEN_FDNAMES and a NOTIFY_SOCKET, answering "ready SECONDS" once it sends
+READY=1. "stop" sends SIGTERM and answers "stopped RC". Runs inside the
+network and mount namespace the test chose (via nsenter).
+
+    python activator.py PATH MODE FDNAME -- EXECSTART...
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def main() -> None:
+    path, mode, fdname = sys.argv[1], int(sys.argv[2], 8), sys.argv[3]
+    command = sys.argv[sys.argv.index("--") + 1:]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if os.path.exists(path):
+        os.unlink(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    os.chmod(path, mode)
+    listener.listen(128)
+    notify_path = os.path.join(tempfile.mkdtemp(), "notify")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(60)
+    child: subprocess.Popen[bytes] | None = None
+
+    def as_fd3() -> None:
+        os.dup2(listener.fileno(), 3)
+        os.set_inheritable(3, True)
+
+    for line in sys.stdin:
+        word = line.strip()
+        if word == "start":
+            started = time.monotonic()
+            env = {**os.environ, "LISTEN_FDS": "1", "LISTEN_FDNAMES": fdname,
+                   "NOTIFY_SOCKET": notify_path}
+            child = subprocess.Popen(["sh", "-c", 'export LISTEN_PID=$$; exec "$@"', "sh",
+                                      *command], env=env, close_fds=False, preexec_fn=as_fd3,
+                                     stdout=sys.stderr, stderr=sys.stderr)
+            message = notify.recv(4096).decode()
+            print(f"ready {time.monotonic() - started:.3f} {message.splitlines()[0]}", flush=True)
+        elif word == "stop" and child is not None:
+            child.send_signal(signal.SIGTERM)
+            print(f"stopped {child.wait(timeout=60)}", flush=True)
+            notify.settimeout(5)
+            try:
+                notify.recv(4096)  # STOPPING=1
+            except OSError:
+                pass
+            notify.settimeout(60)
+            child = None
+        elif word == "quit":
+            break
+    if child is not None:
+        child.kill()
+        child.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""The .deb as a user gets it: build, lintian, dpkg -i, the installed units'
+ExecStart socket-activated against a real dockerd (stopped and re-activated
+twice), then dpkg -r and dpkg -P leave exactly what they should."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.e2e.rig import IMAGE, Rig, run, wait_for
+
+pytestmark = pytest.mark.deb
+ROOT = Path(__file__).resolve().parents[2]
+UNITS = Path("/lib/systemd/system")
+SOCKET_PATH = "/run/docker/plugins/hostnic.sock"
+LEFT_BEHIND = ["/opt/venvs/hostnic", "/usr/bin/hostnic-ctl", "/etc/default/hostnic",
+               "/lib/systemd/system/hostnic.service", "/lib/systemd/system/hostnic.socket",
+               "/etc/systemd/system/sockets.target.wants/hostnic.socket",
+               "/etc/systemd/system/multi-user.target.wants/hostnic.service",
+               "/var/lib/hostnic", "/usr/share/doc/hostnic"]
+
+
+def unit_value(unit: str, key: str) -> str:
+    for line in (UNITS / unit).read_text().splitlines():
+        if line.startswith(f"{key}="):
+            return line.split("=", 1)[1]
+    raise AssertionError(f"{unit} has no {key}=")
+
+
+@pytest.fixture(scope="module")
+def deb() -> Path:
+    started = time.monotonic()
+    result = run(str(ROOT / "scripts" / "build-deb"), timeout=900)
+    built = Path(result.stdout.split()[-1])
+    print(f"\n.deb built in {time.monotonic() - started:.0f}s: {built.name}, "
+          f"{built.stat().st_size / 1e6:.1f} MB")
+    return built
+
+
+@pytest.fixture(scope="module")
+def installed(deb: Path) -> Iterator[Path]:
+    run("dpkg", "-i", str(deb))
+    yield deb
+    run("dpkg", "-P", "hostnic", check=False)
+
+
+def test_lintian_reports_no_errors(deb: Path) -> None:
+    result = run("lintian", str(deb), check=False, timeout=300)
+    print(f"\nlintian: {result.stdout.strip() or '(no tags)'}")
+    assert result.returncode == 0
+    assert not [l for l in result.stdout.splitlines() if l.startswith("E:")]
+
+
+def test_package_metadata_and_contents(deb: Path) -> None:
+    depends = run("dpkg-deb", "-f", str(deb), "Depends").stdout.strip()
+    assert {d.split()[0] for d in depends.split(", ")} == {"libc6", "python3.11"}
+    listing = run("dpkg-deb", "-c", str(deb)).stdout
+    assert "dropin.cache" not in listing
+    assert "./usr/bin/hostnic-ctl -> /opt/venvs/hostnic/bin/hostnic-ctl" in listing
+    control = tempfile.mkdtemp()
+    run("dpkg-deb", "-e", str(deb), control)
+    assert Path(control, "conffiles").read_text().split() == ["/etc/default/hostnic"]
+
+
+def test_installed_units(installed: Path) -> None:
+    run("systemd-analyze", "verify", str(UNITS / "hostnic.socket"), str(UNITS / "hostnic.service"))
+    assert unit_value("hostnic.socket", "ListenStream") == SOCKET_PATH
+    assert unit_value("hostnic.socket", "SocketMode") == "0660"
+    assert unit_value("hostnic.service", "Type") == "notify"
+    assert "docker.service" in unit_value("hostnic.service", "Before")
+    assert Path("/etc/systemd/system/sockets.target.wants/hostnic.socket").is_symlink()
+    # Built by postinst, never shipped.
+    assert Path("/opt/venvs/hostnic/lib/python3.11/site-packages/twisted/plugins/dropin.cache").exists()
+    assert run("/usr/bin/hostnic-ctl", "--help").returncode == 0
+
+
+def test_socket_activated_service_serves_dockerd(installed: Path) -> None:
+    rig = Rig()
+    activator: subprocess.Popen[str] | None = None
+    try:
+        rig.start(plugin=False)
+        state = os.path.join(rig.work, "state")
+        fdname = unit_value("hostnic.socket", "FileDescriptorName")
+        # The installed ExecStart, with the unit's own $HOSTNIC_OPTS hook
+        # keeping state out of the machine's /var/lib/hostnic.
+        command = [state if word == "$HOSTNIC_OPTS" else word
+                   for word in shlex.split(unit_value("hostnic.service", "ExecStart"))]
+        command[command.index(state):command.index(state) + 1] = ["--state-dir", state]
+
+        # First activation by systemd-socket-activate itself. It makes the
+        # socket 0644 whatever the umask (it has no SocketMode=); hostnic must
+        # leave that alone (unpatched Twisted makes it 0666).
+        first = subprocess.Popen(rig.inside(
+            "systemd-socket-activate", "-l", SOCKET_PATH, f"--fdname={fdname}", *command),
+            stdout=open(os.path.join(rig.work, "activate.log"), "ab"), stderr=subprocess.STDOUT)
+        segment = rig.segment("10.66.1.1/24")
+        nic = segment.add_nic("hnpkg0", addresses=("10.67.1.5/24",))
+        rig.docker("network", "create", "-d", "hostnic", "-o", f"hostnic_mac={nic.mac}",
+                   "--subnet", "10.66.1.0/24", "--gateway", "10.66.1.1", "pkgnet", timeout=120)
+        rig.docker("run", "-d", "--name", "pkg1", "--network", "pkgnet", IMAGE, "sleep", "600")
+        assert rig.docker("exec", "pkg1", "ping", "-c", "1", "-W", "2", "10.66.1.1").returncode == 0
+        rig.docker("stop", "-t", "1", "pkg1")
+        rig.docker("rm", "pkg1")
+        assert rig.host_link("hnpkg0") is not None
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=60)
+        mode = run(*rig.inside("stat", "-c", "%a %F", SOCKET_PATH)).stdout.split(None, 1)
+        assert mode == ["644", "socket\n"], "the socket must outlive the service, mode intact"
+
+        # Then as systemd does on every later start: it holds the socket.
+        activator = subprocess.Popen(
+            rig.inside(sys.executable, str(Path(__file__).with_name("activator.py")),
+                       SOCKET_PATH, "660", fdname, "--", *command),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+        def say(word: str) -> str:
+            assert activator is not None and activator.stdin and activator.stdout
+            activator.stdin.write(word + "\n")
+            activator.stdin.flush()
+            return activator.stdout.readline().strip()
+
+        cold_starts = []
+        for round_ in range(2):
+            # dockerd asks while hostnic is down: the request waits on the socket.
+            waiting = threading.Thread(target=lambda: rig.docker(
+                "run", "--rm", "--network", "pkgnet", IMAGE, "ping", "-c", "1", "-W", "2",
+                "10.66.1.1"))
+            if round_:
+                waiting.start()
+                time.sleep(1)
+            ready = say("start")
+            assert ready.startswith("ready"), ready
+            cold_starts.append(float(ready.split()[1]))
+            if round_:
+                waiting.join(timeout=120)
+                assert not waiting.is_alive()
+            rig.docker("run", "--rm", "--network", "pkgnet", IMAGE, "true")
+            assert run(*rig.inside("/usr/bin/hostnic-ctl", "status")).returncode == 0
+            assert say("stop").startswith("stopped")
+            mode = run(*rig.inside("stat", "-c", "%a", SOCKET_PATH)).stdout.strip()
+            assert mode == "660"
+        print(f"\nsocket activation to READY=1: {', '.join(f'{s:.2f}s' for s in cold_starts)}")
+        say("start")
+        rig.docker("network", "rm", "pkgnet")
+        say("stop")
+    finally:
+        if activator is not None and activator.poll() is None:
+            activator.stdin.write("quit\n")  # type: ignore[union-attr]
+            activator.stdin.flush()  # type: ignore[union-attr]
+            activator.wait(timeout=30)
+        rig.close()
+
+
+def test_remove_keeps_state_and_purge_leaves_nothing(installed: Path) -> None:
+    os.makedirs("/var/lib/hostnic", exist_ok=True)
+    Path("/var/lib/hostnic/state.json").write_text('{"version": 1}')
+    run("dpkg", "-r", "hostnic")
+    assert Path("/var/lib/hostnic/state.json").exists()
+    assert Path("/etc/default/hostnic").exists()  # a conffile, kept until purge
+    assert not Path("/opt/venvs/hostnic").exists()
+    run("dpkg", "-P", "hostnic")
+    assert [p for p in LEFT_BEHIND if os.path.lexists(p)] == []
+    assert "hostnic" not in run("dpkg", "-l").stdout.split()
