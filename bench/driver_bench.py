@@ -21,8 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,20 +28,11 @@ import threading
 import time
 from typing import Any
 
+from hostnic.ctl import UnixHTTPConnection
+
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 POOL = 32
 METHODS = ("CreateEndpoint", "Join", "Leave", "DeleteEndpoint")
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=30)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(30)
-        self.sock.connect(self.path)
 
 
 def call(sock: str, method: str, body: Any) -> tuple[float, dict[str, Any]]:

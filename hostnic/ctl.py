@@ -20,8 +20,10 @@ class CtlError(Exception):
     pass
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (dockerd and the admin API both speak it)."""
+
+    def __init__(self, path: str, timeout: float = 30) -> None:
         super().__init__("localhost", timeout=timeout)
         self.unix_path = path
 
@@ -37,7 +39,7 @@ def connection(admin: str, timeout: float = 30) -> http.client.HTTPConnection:
         if len(parts) != 3 or not parts[2].isdigit():
             raise CtlError(f"--admin {admin!r}: use tcp:HOST:PORT or a unix socket path")
         return http.client.HTTPConnection(parts[1], int(parts[2]), timeout=timeout)
-    return _UnixConnection(admin.removeprefix("unix:"), timeout)
+    return UnixHTTPConnection(admin.removeprefix("unix:"), timeout)
 
 
 def call(admin: str, method: str, params: dict[str, Any] | None = None,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shlex
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.e2e.rig import IMAGE, Rig, run, wait_for
+from tests.e2e.rig import IMAGE, Rig, run
 
 pytestmark = pytest.mark.deb
 ROOT = Path(__file__).resolve().parents[2]

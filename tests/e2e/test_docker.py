@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import statistics
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -269,7 +268,7 @@ def test_nic_named_like_the_containers_eth0(rig: Rig, cleanup: list, subnet: int
     second = rig.segment(f"10.77.{other}.1/24").add_nic("eth0", addresses=(f"10.92.{subnet}.5/24",))
     before = snapshot(rig, second)
     create_network(rig, cleanup, f"net{subnet}", subnet, "-o", f"hostnic_mac={first.mac}")
-    create_network(rig, cleanup, f"net{other}", other, "-o", f"hostnic_name=eth0")
+    create_network(rig, cleanup, f"net{other}", other, "-o", "hostnic_name=eth0")
     run_container(rig, cleanup, f"c{subnet}", "--network", f"net{subnet}")
     rig.docker("network", "connect", f"net{other}", f"c{subnet}")
     links = {l["name"]: l["mac"] for l in links_in(rig, f"c{subnet}")}

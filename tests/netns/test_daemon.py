@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from hostnic.ctl import UnixHTTPConnection
+
 from tests.netns.nsutil import NetnsTestCase, ip
 
 pytestmark = pytest.mark.netns
@@ -23,17 +25,6 @@ TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 CTL = os.path.join(os.path.dirname(sys.executable), "hostnic-ctl")
 NET = "a" * 63
 EP = "b" * 64
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=10)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(10)
-        self.sock.connect(self.path)
 
 
 class DaemonTestCase(NetnsTestCase):
@@ -71,7 +62,7 @@ class DaemonTestCase(NetnsTestCase):
             self.proc.wait(timeout=10)
 
     def call(self, method: str, body: Any) -> dict[str, Any]:
-        connection = UnixHTTPConnection(self.sock)  # a fresh connection, as dockerd does
+        connection = UnixHTTPConnection(self.sock, 10)  # a fresh connection, as dockerd does
         try:
             connection.request("POST", f"/{method}", body=b"" if body is None else json.dumps(body))
             answer: dict[str, Any] = json.loads(connection.getresponse().read())
