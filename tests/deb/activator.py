@@ -29,7 +29,8 @@ def main() -> None:
     listener.bind(path)
     os.chmod(path, mode)
     listener.listen(128)
-    notify_path = os.path.join(tempfile.mkdtemp(), "notify")
+    scratch = tempfile.TemporaryDirectory()
+    notify_path = os.path.join(scratch.name, "notify")
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(notify_path)
     notify.settimeout(60)
@@ -65,6 +66,8 @@ def main() -> None:
     if child is not None:
         child.kill()
         child.wait()
+    notify.close()
+    scratch.cleanup()
 
 
 if __name__ == "__main__":

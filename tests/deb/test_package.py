@@ -67,9 +67,9 @@ def test_package_metadata_and_contents(deb: Path) -> None:
     listing = run("dpkg-deb", "-c", str(deb)).stdout
     assert "dropin.cache" not in listing
     assert "./usr/bin/hostnic-ctl -> /opt/venvs/hostnic/bin/hostnic-ctl" in listing
-    control = tempfile.mkdtemp()
-    run("dpkg-deb", "-e", str(deb), control)
-    assert Path(control, "conffiles").read_text().split() == ["/etc/default/hostnic"]
+    with tempfile.TemporaryDirectory() as control:
+        run("dpkg-deb", "-e", str(deb), control)
+        assert Path(control, "conffiles").read_text().split() == ["/etc/default/hostnic"]
 
 
 def test_installed_units(installed: Path) -> None:
