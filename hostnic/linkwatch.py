@@ -188,6 +188,7 @@ class LinkMonitor:
     synced: bool = False
     _sock: socket.socket | None = None
     _buffered: list[tuple[int, LinkInfo]] | None = None  # events during a resync
+    _draining: bool = False
     log = Logger()
 
     def start(self) -> "Deferred[None]":
@@ -244,11 +245,20 @@ class LinkMonitor:
     def drain(self) -> None:
         """Apply every event the kernel has queued so far (call before a lookup
         that must see changes made just before this request)."""
-        if self._sock is None:
+        # A listener may look a link up (and so drain) while we are applying
+        # an older datagram: the outer loop goes on reading, in kernel order.
+        if self._sock is None or self._draining:
             return
+        self._draining = True
+        try:
+            self._drain(self._sock)
+        finally:
+            self._draining = False
+
+    def _drain(self, sock: socket.socket) -> None:
         while True:
             try:
-                data = self._sock.recv(_RECV_BUFFER)
+                data = sock.recv(_RECV_BUFFER)
             except BlockingIOError:
                 return
             except OSError as e:

@@ -115,6 +115,27 @@ class InventoryTests(NetnsTestCase):
                          {l.name for l in dump_links()})
         self.assertEqual(len(monitor.inventory), 301)
 
+    def test_a_listener_that_looks_links_up_during_a_burst(self) -> None:
+        monitor = self.monitor()
+        mac = self.veth("r0")
+        monitor.drain()
+        seen: list[str] = []
+
+        def listener(msg_type: int, link: object) -> None:
+            seen.append(getattr(link, "name"))
+            monitor.drain()  # as NetlinkHost.known_links does from a restore
+
+        monitor.listeners.append(listener)
+        # 1,500 queued events: draining from inside a listener without the
+        # guard nests once per event, past Python's recursion limit.
+        renames = "".join(f"link set r{i} name r{i + 1}\n" for i in range(1500))
+        import subprocess
+        subprocess.run(["ip", "-n", self.ns, "-batch", "-"], input=renames.encode(), check=True)
+        monitor.drain()
+        self.assertEqual(seen, [f"r{i + 1}" for i in range(1500)])
+        self.assertEqual(monitor.inventory.by_mac(mac)[0].name, "r1500")
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_request_path_never_dumps(self) -> None:
         monitor = self.monitor()
         mac = self.veth("ens9")
