@@ -225,12 +225,19 @@ def test_network_create_refusals(rig: Rig, cleanup: list, subnet: int) -> None:
 
 # 6 ---------------------------------------------------------------------------
 
-def test_plugin_sigkill_and_restart_loses_nothing(rig: Rig, cleanup: list, subnet: int) -> None:
+def container_with_a_lent_nic(rig: Rig, cleanup: list, subnet: int) -> tuple[Nic, dict[str, Any]]:
+    """Network net<subnet> of one addressed NIC, lent to running container c<subnet>;
+    returns the NIC and its state before lending."""
     segment = rig.segment(f"10.77.{subnet}.1/24")
     nic = segment.add_nic(f"hn{subnet}a", addresses=(f"10.90.{subnet}.5/24",))
     before = snapshot(rig, nic)
     create_network(rig, cleanup, f"net{subnet}", subnet, "-o", f"hostnic_mac={nic.mac}")
     run_container(rig, cleanup, f"c{subnet}", "--network", f"net{subnet}")
+    return nic, before
+
+
+def test_plugin_sigkill_and_restart_loses_nothing(rig: Rig, cleanup: list, subnet: int) -> None:
+    nic, before = container_with_a_lent_nic(rig, cleanup, subnet)
 
     rig.kill_plugin(signal.SIGKILL)
     rig.start_plugin()
@@ -243,11 +250,7 @@ def test_plugin_sigkill_and_restart_loses_nothing(rig: Rig, cleanup: list, subne
 
 
 def test_dockerd_restart_gives_the_nic_back(rig: Rig, cleanup: list, subnet: int) -> None:
-    segment = rig.segment(f"10.77.{subnet}.1/24")
-    nic = segment.add_nic(f"hn{subnet}a", addresses=(f"10.91.{subnet}.5/24",))
-    before = snapshot(rig, nic)
-    create_network(rig, cleanup, f"net{subnet}", subnet, "-o", f"hostnic_mac={nic.mac}")
-    run_container(rig, cleanup, f"c{subnet}", "--network", f"net{subnet}")
+    nic, before = container_with_a_lent_nic(rig, cleanup, subnet)
     assert rig.host_link_by_mac(nic.mac) is None
 
     rig.stop_dockerd()
