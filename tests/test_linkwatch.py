@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from hostnic.linkwatch import (IFF_UP, RTM_DELLINK, RTM_NEWLINK, Inventory, LinkInfo,
@@ -51,15 +54,134 @@ class InventoryTests(SynchronousTestCase):
         inv.apply(RTM_DELLINK, a)
         self.assertEqual(len(inv), 0)
 
+    def test_index_entries_go_with_their_links(self) -> None:
+        # Every bridge container on a Docker host brings a fresh MAC: the
+        # inventory must not keep an entry per MAC it ever saw.
+        inv = Inventory()
+        for i in range(1000):
+            link = LinkInfo(100 + i, f"veth{i}", f"02:00:00:00:{i // 256:02x}:{i % 256:02x}",
+                            1500, 0, "veth", perm=f"02:11:00:00:{i // 256:02x}:{i % 256:02x}")
+            inv.apply(RTM_NEWLINK, link)
+            inv.apply(RTM_DELLINK, link)
+        self.assertEqual(inv.index_sizes(), {"links": 0, "macs": 0, "perms": 0, "names": 0})
+
+    def test_perm_and_name_indexes(self) -> None:
+        inv = Inventory()
+        inv.apply(RTM_NEWLINK, LinkInfo(2, "ens4", "02:00:00:00:00:01", 1500, 0, None,
+                                        perm="52:54:00:00:00:01"))
+        inv.apply(RTM_NEWLINK, LinkInfo(2, "hnabc", "02:00:00:00:00:09", 1500, 0, None,
+                                        perm="52:54:00:00:00:01"))
+        self.assertEqual(inv.by_perm("52:54:00:00:00:01")[0].name, "hnabc")
+        self.assertIsNone(inv.by_name("ens4"))
+        self.assertEqual(inv.by_name("hnabc").index, 2)  # type: ignore[union-attr]
+
+
+class FakeSocket:
+    """A netlink socket whose datagrams and failures the test decides."""
+
+    def __init__(self) -> None:
+        self.queue: list[bytes | OSError] = []
+        self.closed = False
+
+    def recv(self, size: int) -> bytes:
+        if self.closed:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        if not self.queue:
+            raise BlockingIOError()
+        item = self.queue.pop(0)
+        if isinstance(item, OSError):
+            raise item
+        return item
+
+    def fileno(self) -> int:
+        return -1 if self.closed else 99
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class MonitorReactor(Clock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.readers: list[object] = []
+
+    def addReader(self, reader: object) -> None:
+        self.readers.append(reader)
+
+    def removeReader(self, reader: object) -> None:
+        self.readers.remove(reader)
+
+
+class MonitorTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = MonitorReactor()
+        self.sockets: list[FakeSocket] = []
+        self.dumps: list[Deferred[list[LinkInfo]]] = []
+
+        def open_socket() -> FakeSocket:
+            self.sockets.append(FakeSocket())
+            return self.sockets[-1]
+
+        def dump(f: object) -> Deferred[list[LinkInfo]]:
+            self.dumps.append(Deferred())
+            return self.dumps[-1]
+
+        self.monitor = LinkMonitor(self.reactor, dump, open_socket=open_socket)  # type: ignore[arg-type]
+        self.monitor.start()
+
     def test_events_during_a_resync_are_replayed_on_top_of_the_dump(self) -> None:
-        dump: Deferred[list[LinkInfo]] = Deferred()
-        monitor = LinkMonitor(reactor=None, run_in_thread=lambda f: dump)
-        monitor.resync()
-        self.assertFalse(monitor.ready)
+        self.assertFalse(self.monitor.ready)
         new = LinkInfo(5, "new", "02:00:00:00:00:05", 1500, 0, None)
-        monitor._buffered.append((RTM_NEWLINK, new))  # arrived while dumping
         gone = LinkInfo(3, "gone", "02:00:00:00:00:03", 1500, 0, None)
-        monitor._buffered.append((RTM_DELLINK, gone))
-        dump.callback([gone, LinkInfo(4, "kept", "02:00:00:00:00:04", 1500, 0, None)])
-        self.assertTrue(monitor.ready)
-        self.assertEqual([l.name for l in monitor.inventory.all()], ["kept", "new"])
+        self.sockets[0].queue += [link_message(RTM_NEWLINK, 5, "new", bytes.fromhex("020000000005")),
+                                  link_message(RTM_DELLINK, 3, "gone", bytes.fromhex("020000000003"))]
+        self.monitor.drain()  # arrived while dumping
+        self.dumps[0].callback([gone, LinkInfo(4, "kept", "02:00:00:00:00:04", 1500, 0, None)])
+        self.assertTrue(self.monitor.ready)
+        self.assertEqual([l.name for l in self.monitor.inventory.all()], ["kept", "new"])
+        self.assertEqual(new.index, 5)
+
+    def test_a_failed_socket_is_reopened_and_resynced(self) -> None:
+        self.dumps[0].callback([LinkInfo(4, "old", "02:00:00:00:00:04", 1500, 0, None)])
+        self.assertTrue(self.monitor.ready)
+        self.sockets[0].queue.append(OSError(errno.EBADF, "Bad file descriptor"))
+        self.monitor.doRead()
+        # It says so and stops claiming to be current (lookups go the slow way)...
+        self.assertFalse(self.monitor.ready)
+        self.assertEqual(self.monitor.failures, 1)
+        self.assertEqual(self.reactor.readers, [])
+        self.flushLoggedErrors()
+        # ...then starts over: a new socket first, then a fresh dump.
+        self.reactor.advance(0.1)
+        self.assertEqual(len(self.sockets), 2)
+        self.assertEqual(self.reactor.readers, [self.monitor])
+        waiting = self.monitor.when_ready()
+        self.assertNoResult(waiting)
+        self.dumps[1].callback([LinkInfo(6, "now", "02:00:00:00:00:06", 1500, 0, None)])
+        self.successResultOf(waiting)
+        self.assertEqual([l.name for l in self.monitor.inventory.all()], ["now"])
+
+    def test_a_failed_dump_is_retried_later_with_backoff(self) -> None:
+        self.dumps[0].errback(OSError(errno.ENOMEM, "Cannot allocate memory"))
+        self.assertFalse(self.monitor.ready)
+        self.reactor.advance(0.1)
+        self.dumps[1].errback(OSError(errno.ENOMEM, "Cannot allocate memory"))
+        self.reactor.advance(0.1)
+        self.assertEqual(len(self.dumps), 2)  # the pause doubled
+        self.reactor.advance(0.1)
+        self.dumps[2].callback([])
+        self.assertTrue(self.monitor.ready)
+        self.flushLoggedErrors()
+
+    def test_the_reactor_dropping_the_socket_is_a_failure_too(self) -> None:
+        self.dumps[0].callback([])
+        self.monitor.connectionLost(Failure(OSError("gone")))
+        self.assertFalse(self.monitor.ready)
+        self.reactor.advance(1)
+        self.assertEqual(len(self.sockets), 2)
+        self.flushLoggedErrors()
+
+    def test_stop_is_not_a_failure(self) -> None:
+        self.monitor.stop()
+        self.reactor.advance(60)
+        self.assertEqual((len(self.sockets), self.monitor.failures), (1, 0))

@@ -8,6 +8,7 @@ import subprocess
 import uuid
 from typing import Any
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from hostnic import netlink
@@ -64,8 +65,8 @@ class NetnsTestCase(SynchronousTestCase):
         return ip("-n", self.ns, "-br", "link", "show", name).split()[2]
 
 
-class FakeReactor:
-    """Only what LinkMonitor registers; tests call ``drain()`` as the reactor would."""
+class FakeReactor(Clock):
+    """Only what LinkMonitor uses; tests call ``drain()`` as the reactor would."""
 
     def addReader(self, reader: object) -> None:
         pass
