@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import stat
 import time
 from typing import Any, Callable
 
@@ -21,6 +22,7 @@ from hostnic.errors import (HostError, HostnicError, InvalidOption, NicUnavailab
                             PoolExhausted, StoreError, UnknownObject)
 from hostnic.jsonrpc import INVALID_PARAMS, Dispatcher, Method, RPCError
 from hostnic.model import normalize_mac, valid_ifname
+from hostnic.text import quoted
 
 MAX_BODY = 1 << 20
 ERROR_CODES: dict[type[HostnicError], int] = {
@@ -65,21 +67,26 @@ class AdminAPI:
 
     # -- HTTP --------------------------------------------------------------
 
-    def _authorized(self, request: IRequest) -> bool:
+    def authorized(self, request: IRequest) -> bool:
+        """The bearer token, if one is required (the scheme is case-insensitive,
+        RFC 7235). The site asks this before it reads a request's body."""
         if self.token is None:
             return True
         header = request.getHeader(b"authorization") or b""
-        return hmac.compare_digest(header, b"Bearer " + self.token)
+        scheme, _, credentials = header.strip().partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(
+            credentials.strip(), self.token)
 
     def _deny(self, request: IRequest) -> bytes:
         request.setResponseCode(401)
         request.setHeader(b"WWW-Authenticate", b'Bearer realm="hostnic"')
         request.setHeader(b"Content-Type", b"application/json")
-        return b'{"error": "this admin endpoint needs Authorization: Bearer <token>"}'
+        return (b'{"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request: '
+                b'this admin endpoint needs Authorization: Bearer <token>"}, "id": null}')
 
     @app.route("/rpc", methods=["POST"])
     async def post_rpc(self, request: IRequest) -> bytes:
-        if not self._authorized(request):
+        if not self.authorized(request):
             return self._deny(request)
         assert request.content is not None
         raw = request.content.read(MAX_BODY + 1)
@@ -95,7 +102,7 @@ class AdminAPI:
 
     @app.route("/metrics", methods=["GET"])
     def get_metrics(self, request: IRequest) -> bytes:
-        if not self._authorized(request):
+        if not self.authorized(request):
             return self._deny(request)
         request.setHeader(b"Content-Type", b"text/plain; version=0.0.4")
         return self.prometheus().encode()
@@ -111,7 +118,7 @@ class AdminAPI:
 
     async def status(self) -> dict[str, Any]:
         state = self.core.state
-        pooled = [mac for n in state.networks.values() for mac in n.pool]
+        pooled = [nic.mac for n in state.networks.values() for nic in n.pool]
         claimed = {c.mac for c in state.claims.values()}
         return {"version": __version__, "pid": self.info.pid,
                 "uptime": round(self.clock() - self.info.started_at, 3),
@@ -131,13 +138,14 @@ class AdminAPI:
     async def networks_get(self, id: str) -> dict[str, Any]:
         matches = [n for n in self.core.state.networks.values() if n.id.startswith(id)]
         if len(matches) != 1 or not id:
-            raise UnknownObject(f"hostnic holds no network {id[:64]!r}" if not matches else
-                                f"{id!r} names {len(matches)} networks; give more of the id")
+            raise UnknownObject(f"hostnic holds no network {quoted(id)}" if not matches else
+                                f"{quoted(id)} names {len(matches)} networks; give more of "
+                                f"the id")
         return views.network_view(matches[0], self.core.state, self._names())
 
     async def endpoints_list(self) -> list[dict[str, Any]]:
         host = self.core.host
-        return [views.claim_view(c, bool(host.known_links(c.mac)))
+        return [views.claim_view(c, bool(host.known(c.nic)))
                 for c in self.core.state.claims.values()]
 
     async def nics_list(self) -> list[dict[str, Any]]:
@@ -154,12 +162,12 @@ class AdminAPI:
             mac = normalize_mac(key)
         except InvalidOption:
             if not valid_ifname(key):
-                raise RPCError(INVALID_PARAMS, f"{key[:64]!r} is neither a MAC nor an "
+                raise RPCError(INVALID_PARAMS, f"{quoted(key)} is neither a MAC nor an "
                                                f"interface name") from None
         for nic in await self.nics_list():
             if (mac is not None and nic["mac"] == mac) or (mac is None and nic["name"] == key):
                 return nic
-        raise UnknownObject(f"no NIC {key!r} in the host namespace or in hostnic's state")
+        raise UnknownObject(f"no NIC {quoted(key)} in the host namespace or in hostnic's state")
 
     async def events_recent(self, limit: int = 50) -> list[dict[str, Any]]:
         if not 1 <= limit <= self.journal.size:
@@ -173,7 +181,9 @@ class AdminAPI:
                 for method, s in sorted(self.journal.stats.items())}
 
     async def nics_release(self, mac: str) -> dict[str, Any]:
-        return await self.core.release(normalize_mac(mac))
+        released = await self.core.release(normalize_mac(mac))
+        return {"mac": released.mac, "endpoint": released.endpoint, "found": released.found,
+                "restored": released.restored, "problems": list(released.problems)}
 
     def prometheus(self) -> str:
         lines = [
@@ -194,7 +204,7 @@ class AdminAPI:
             lines.append(f'hostnic_driver_call_duration_seconds_count{{method="{m}"}} {s.count}')
         state = self.core.state
         claimed = {c.mac for c in state.claims.values()}
-        pooled = {mac for n in state.networks.values() for mac in n.pool}
+        pooled = {nic.mac for n in state.networks.values() for nic in n.pool}
         lines += ["# TYPE hostnic_networks gauge", f"hostnic_networks {len(state.networks)}",
                   "# TYPE hostnic_endpoints gauge", f"hostnic_endpoints {len(state.claims)}",
                   "# TYPE hostnic_nics gauge",
@@ -206,10 +216,15 @@ class AdminAPI:
 
 
 def read_token(path: str) -> bytes:
+    """The admin token; refused if others may read it (then it is no secret)."""
     with open(path, "rb") as f:
-        token = f.read().strip()
+        mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+        if mode & 0o077:
+            raise ValueError(f"token file {path} is open to others (mode {mode:04o}); "
+                             f"chmod 600 it")
+        token = f.read(4096).strip()
     if not token:
         raise ValueError(f"token file {path} is empty")
-    if os.stat(path).st_mode & 0o077:
-        Logger().warn("token file {path} is readable by others", path=path)
+    if b" " in token or b"\n" in token:
+        raise ValueError(f"token file {path} must hold one token on one line")
     return token

@@ -1,50 +1,80 @@
 """The one owner of hostnic's networks and claims.
 
-The driver API (and the admin API) are thin views over this class. It does no
-I/O of its own: the host namespace is reached through ``HostPort`` and the
-disk through the store. All mutation happens on the reactor thread, and every
-check-then-claim runs without an ``await`` in between, so claims are exclusive
-under any concurrency.
+The driver API and the admin API are thin views over this class; it speaks
+neither wire format. It does no I/O of its own: the host is reached through
+``HostPort`` and the disk through the ledger's store.
+
+Concurrency: a change is applied in memory before its save is awaited (see
+``ledger``), so a check and the claim it allows never have an ``await``
+between them. Calls on one object are serialised by a lock per network, per
+endpoint and per NIC (endpoint before NIC, the only order taken), so a retry
+or a racing call waits for the first to be durable and then sees its result.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from hostnic import pools
 from hostnic.calls import CallLog
-from hostnic.errors import HostnicError, NicUnavailable, PoolExhausted, UnknownObject
+from hostnic.errors import HostnicError, NicUnavailable, UnknownObject
+from hostnic.faults import crashpoint
 from hostnic.host import HostPort
+from hostnic.ledger import Ledger, Store
+from hostnic.lending import Lender, Released
 from hostnic.linkwatch import LinkInfo
-from hostnic.model import Claim, Network, Phase, State
+from hostnic.locks import KeyedLocks
+from hostnic.model import Claim, Network, NicRef, Phase, State
 from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join
+from hostnic.retry import Retrier
+from hostnic.text import short
 
 
-class Store(Protocol):
-    async def save(self, snapshot: Callable[[], State],
-                   on_failure: Callable[[], None]) -> None: ...
+@attrs.frozen
+class EndpointCreated:
+    mac: str
+    mac_given: bool  # dockerd already filled Interface.MacAddress
 
 
-def short(object_id: str) -> str:
-    return object_id[:12]
+@attrs.frozen
+class Lent:
+    src_name: str
+    gateway4: str | None
+    gateway6: str | None
 
 
 @attrs.define(eq=False)
 class Core:
     host: HostPort
     store: Store
-    state: State = attrs.field(factory=State)
+    initial: State = attrs.field(factory=State, alias="state")
     clock: Callable[[], float] = time.time
+    reactor: Any = None  # IReactorTime for retries; None: no background retries
     journal: CallLog = attrs.field(factory=CallLog)
     last_reconciliation: dict[str, Any] | None = None
-    _restoring: set[str] = attrs.field(factory=set)
-    _serving: bool = False
-    _waiters: list["Deferred[None]"] = attrs.field(factory=list)
+    ledger: Ledger = attrs.field(init=False)
+    lender: Lender = attrs.field(init=False)
+    locks: KeyedLocks = attrs.field(factory=KeyedLocks, init=False)
+    retries: Retrier = attrs.field(init=False)
+    _settling: set[str] = attrs.field(factory=set, init=False)
+    _serving: bool = attrs.field(default=False, init=False)
+    _waiters: list["Deferred[None]"] = attrs.field(factory=list, init=False)
     log = Logger()
+
+    def __attrs_post_init__(self) -> None:
+        self.ledger = Ledger(self.store, self.initial)
+        self.lender = Lender(self.host, self.ledger, self.journal, self.clock)
+        self.retries = Retrier(self.reactor)
+
+    @property
+    def state(self) -> State:
+        """The live state (the ledger's)."""
+        return self.ledger.state
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -66,35 +96,9 @@ class Core:
             self._waiters.append(waiter)
             await waiter
 
-    # -- helpers -----------------------------------------------------------
-
-    async def _commit(self, change: Callable[[State], State],
-                      undo: Callable[[State], State]) -> None:
-        """Apply ``change`` now and persist it; on a failed save apply ``undo``
-        (before any other change can be persisted) and raise StoreError."""
-        self.state = change(self.state)
-
-        def rollback() -> None:
-            self.state = undo(self.state)
-
-        await self.store.save(lambda: self.state, rollback)
-
-    def _label(self, mac: str) -> str:
-        links = self.host.known_links(mac)
-        return f"{mac} ({links[0].name})" if links else mac
-
-    def _check_free_for_pool(self, network_id: str, macs: list[str]) -> None:
-        for mac in macs:
-            holder = self.state.network_of_mac(mac)
-            if holder is not None and holder.id != network_id:
-                raise NicUnavailable(
-                    f"NIC {self._label(mac)} is already in hostnic network "
-                    f"{short(holder.id)}; a NIC can serve one network only")
-            claim = self.state.claim_of_mac(mac)
-            if claim is not None:
-                raise NicUnavailable(
-                    f"NIC {self._label(mac)} is still held by endpoint "
-                    f"{short(claim.endpoint_id)} ({claim.phase.value})")
+    def _label(self, nic: NicRef) -> str:
+        links = self.host.known(nic)
+        return f"{nic.mac} ({links[0].name})" if links else nic.mac
 
     def _network(self, network_id: str) -> Network:
         network = self.state.networks.get(network_id)
@@ -109,317 +113,243 @@ class Core:
     async def create_network(self, request: CreateNetwork) -> None:
         await self.ready()
         network_id = request.network_id
-        if network_id in self.state.networks:
-            raise HostnicError(f"hostnic already holds network {short(network_id)}")
-        macs = list(request.macs)
+        async with self.locks.hold("net:" + network_id):
+            held = self.state.networks.get(network_id)
+            if held is not None:
+                # dockerd retries a create whose answer was lost: same answer.
+                difference = pools.difference(held, request)
+                if difference is None:
+                    self.log.info("network {network} created again with the same "
+                                  "options: nothing to do", network=short(network_id))
+                    return
+                raise HostnicError(f"hostnic already holds network {short(network_id)} "
+                                   f"with other settings: {difference}")
+            # What the request names by MAC is checked before the host is asked:
+            # "held by endpoint X" says more than "not in the host namespace".
+            pools.check_free(self.state, network_id, [NicRef(m) for m in request.macs],
+                             self._label)
+            nics = await self._resolve_pool(request)
+            pools.check_free(self.state, network_id, nics, self._label)
+            network = Network(id=network_id, pool=tuple(nics), gateway4=request.gateway4,
+                              gateway6=request.gateway6, subnets=request.subnets,
+                              options=dict(request.options))
+            await self.ledger.put_network(None, network)
+            crashpoint("network.recorded")
+        self.log.info("created network {network} with pool {pool}",
+                      network=short(network_id), pool=[self._label(n) for n in nics])
+
+    async def _resolve_pool(self, request: CreateNetwork) -> list[NicRef]:
+        """The NICs a request names, each found and checked on the host."""
+        links: list[LinkInfo] = []
+        for mac in request.macs:
+            carriers = self.host.known(NicRef(mac))
+            if len(carriers) > 1:
+                raise NicUnavailable(
+                    f"MAC {mac} is carried by several interfaces "
+                    f"({', '.join(link.name for link in carriers)}); hostnic cannot tell "
+                    f"which one to hand out")
+            link = await self.host.locate(NicRef(mac))
+            if link is None:
+                raise NicUnavailable(f"there is no NIC with MAC {mac} in the host network namespace")
+            links.append(link)
         for name in request.names:
             link = await self.host.locate_name(name)
             if link is None:
                 raise NicUnavailable(f"there is no interface {name} in the host network namespace")
             if link.mac is None:
                 raise NicUnavailable(f"interface {name} has no Ethernet MAC address")
-            macs.append(link.mac)
-        macs = list(dict.fromkeys(macs))
-        self._check_free_for_pool(network_id, macs)
+            links.append(link)
+        nics: list[NicRef] = []
+        for link in links:
+            assert link.mac is not None
+            nic = NicRef(link.mac, link.perm)
+            if any(nic.same_nic(other) for other in nics):
+                continue
+            await self._check_lendable(nic, link)
+            nics.append(nic)
+        return nics
 
-        defaults = await self.host.default_route_links()
-        for mac in macs:
-            await self._check_lendable(mac, defaults)
-
-        # Another request may have taken a NIC while we awaited the host.
-        if network_id in self.state.networks:
-            raise HostnicError(f"hostnic already holds network {short(network_id)}")
-        self._check_free_for_pool(network_id, macs)
-        network = Network(id=network_id, pool=tuple(macs), gateway4=request.gateway4,
-                          gateway6=request.gateway6, subnets=request.subnets,
-                          options=dict(request.options))
-        await self._commit(lambda s: s.with_network(network),
-                           lambda s: s.without_network(network_id))
-        self.log.info("created network {network} with pool {pool}",
-                      network=short(network_id), pool=[self._label(m) for m in macs])
-
-    async def _check_lendable(self, mac: str, default_route_links: set[int]) -> None:
-        known = self.host.known_links(mac)
-        if len(known) > 1:
-            raise NicUnavailable(
-                f"MAC {mac} is carried by several interfaces "
-                f"({', '.join(link.name for link in known)}); hostnic cannot tell "
-                f"which one to hand out")
-        link = await self.host.locate(mac)
-        if link is None:
-            raise NicUnavailable(f"there is no NIC with MAC {mac} in the host network namespace")
+    async def _check_lendable(self, nic: NicRef, link: LinkInfo) -> None:
         if link.loopback:
             raise NicUnavailable(f"{link.name} is the loopback interface")
-        if link.index in default_route_links:
+        if await self.host.carries_default_route(link.index):
             raise NicUnavailable(
-                f"NIC {mac} ({link.name}) carries the host's default route; it looks "
+                f"NIC {nic.mac} ({link.name}) carries the host's default route; it looks "
                 f"like the management NIC and handing it to a container would cut "
                 f"the host off")
         if link.kind is not None:
             self.log.warn(
                 "NIC {mac} ({name}) is a virtual {kind} link: if a container's "
                 "namespace dies without dockerd, the kernel deletes it instead of "
-                "giving it back", mac=mac, name=link.name, kind=link.kind)
+                "giving it back", mac=nic.mac, name=link.name, kind=link.kind)
 
     async def delete_network(self, network_id: str) -> None:
         await self.ready()
-        network = self.state.networks.get(network_id)
-        if network is None:
-            self.log.info("delete of unknown network {network}: nothing to do",
-                          network=short(network_id))
-            return
-        await self._commit(lambda s: s.without_network(network_id),
-                           lambda s: s.with_network(network))
+        async with self.locks.hold("net:" + network_id):
+            network = self.state.networks.get(network_id)
+            if network is None:
+                self.log.info("delete of unknown network {network}: nothing to do",
+                              network=short(network_id))
+                return
+            await self.ledger.put_network(network, None)
         self.log.info("deleted network {network}", network=short(network_id))
 
     # -- endpoints ---------------------------------------------------------
 
-    async def create_endpoint(self, request: CreateEndpoint) -> dict[str, str]:
-        """Claim a NIC; returns the Interface fields dockerd left empty."""
+    async def create_endpoint(self, request: CreateEndpoint) -> EndpointCreated:
+        """Claim a NIC of the network's pool for the endpoint."""
         await self.ready()
         ref = request.ref
-        network = self._network(ref.network_id)
-        existing = self.state.claims.get(ref.endpoint_id)
-        if existing is not None:
-            if existing.network_id != ref.network_id:
-                raise HostnicError(f"endpoint {short(ref.endpoint_id)} already exists "
-                                   f"in another network")
-            mac = existing.mac  # a retried request: same answer
-        else:
-            mac = self._choose_nic(network, request.pinned_mac)
-            claim = Claim(endpoint_id=ref.endpoint_id, network_id=network.id, mac=mac,
+        async with self.locks.hold("ep:" + ref.endpoint_id):
+            held = self.state.claims.get(ref.endpoint_id)
+            if held is not None:
+                if held.network_id != ref.network_id:
+                    raise HostnicError(f"endpoint {short(ref.endpoint_id)} already exists "
+                                       f"in another network")
+                return EndpointCreated(held.mac, request.interface_has_mac)  # a retry
+            network = self._network(ref.network_id)
+            # No await between choosing and claiming: the claim is in the ledger
+            # before anyone else can choose.
+            nic = pools.choose(self.state, network, request.pinned_mac,
+                               lambda n: bool(self.host.known(n)), self._label)
+            claim = Claim(endpoint_id=ref.endpoint_id, network_id=network.id, nic=nic,
                           created_at=self.clock())
-            await self._commit(lambda s: s.with_claim(claim),
-                               lambda s: s.without_claim(claim.endpoint_id))
-            self.log.info("endpoint {endpoint} of network {network} claimed NIC {nic}",
-                          endpoint=short(ref.endpoint_id), network=short(network.id),
-                          nic=self._label(mac))
-        return {} if request.interface_has_mac else {"MacAddress": mac}
+            await self.ledger.put_claim(None, claim)
+            crashpoint("endpoint.recorded")
+        self.log.info("endpoint {endpoint} of network {network} claimed NIC {nic}",
+                      endpoint=short(ref.endpoint_id), network=short(network.id),
+                      nic=self._label(nic))
+        return EndpointCreated(nic.mac, request.interface_has_mac)
 
-    def _choose_nic(self, network: Network, pinned: str | None) -> str:
-        claimed = {c.mac: c for c in self.state.claims.values()}
-        if pinned is not None:
-            if pinned not in network.pool:
-                raise NicUnavailable(
-                    f"NIC {pinned} is not in the pool of network {short(network.id)} "
-                    f"({', '.join(network.pool)})")
-            if pinned in claimed:
-                raise NicUnavailable(
-                    f"NIC {self._label(pinned)} of network {short(network.id)} is in use "
-                    f"by endpoint {short(claimed[pinned].endpoint_id)}")
-            return pinned
-        free = [mac for mac in network.pool if mac not in claimed]
-        if not free:
-            count = len(network.pool)
-            raise PoolExhausted(
-                f"network {short(network.id)} has {count} NIC{'s' if count > 1 else ''}, "
-                f"all in use; add NICs to its pool or stop a container")
-        present = [mac for mac in free if self.host.known_links(mac)]
-        if not present:
-            raise NicUnavailable(
-                f"the free NICs of network {short(network.id)} ({', '.join(free)}) are "
-                f"not in the host network namespace")
-        return present[0]
-
-    async def join(self, request: Join) -> dict[str, Any]:
-        await self.ready()
-        ref = request.ref
-        network = self._network(ref.network_id)
+    def _claim_in(self, ref: EndpointRef) -> Claim:
         claim = self.state.claims.get(ref.endpoint_id)
         if claim is None or claim.network_id != ref.network_id:
             raise UnknownObject(f"hostnic holds no endpoint {short(ref.endpoint_id)} "
                                 f"in network {short(ref.network_id)}")
-        if claim.phase is Phase.CREATED:
-            await self._lend(claim, request.sandbox_key)
-        answer: dict[str, Any] = {
-            "InterfaceName": {"SrcName": claim.transit_name, "DstPrefix": "eth"},
-            # Without this dockerd adds a NAT'd second NIC: a path around the tenant NIC.
-            "DisableGatewayService": True,
-        }
-        if network.gateway4:
-            answer["Gateway"] = network.gateway4
-        if network.gateway6:
-            answer["GatewayIPv6"] = network.gateway6
-        return answer
+        return claim
 
-    async def _lend(self, claim: Claim, sandbox_key: str | None) -> None:
-        link = await self.host.locate(claim.mac)
-        if link is None:
-            raise NicUnavailable(
-                f"NIC {claim.mac} of network {short(claim.network_id)} is not in the "
-                f"host network namespace (is it inside another container?)")
-        original = await self.host.read_state(link.index)
-        joined = attrs.evolve(claim, phase=Phase.JOINED, original=original,
-                              sandbox_key=sandbox_key, joined_at=self.clock())
-        # Durable before the NIC is touched: a crash from here on can restore it.
-        await self._commit(lambda s: s.with_claim(joined), lambda s: s.with_claim(claim))
-        try:
-            await self.host.rename(link.index, claim.transit_name)
-        except HostnicError:
-            await self._commit(lambda s: s.with_claim(claim), lambda s: s.with_claim(joined))
-            raise
-        self.log.info("endpoint {endpoint} joins with NIC {nic} lent as {transit}; recorded "
-                      "{state}", endpoint=short(claim.endpoint_id), nic=claim.mac,
-                      transit=claim.transit_name, state=original)
+    async def join(self, request: Join) -> Lent:
+        await self.ready()
+        ref = request.ref
+        async with self.locks.hold("ep:" + ref.endpoint_id):
+            claim = self._claim_in(ref)
+            async with self.locks.hold("nic:" + claim.nic.key):
+                claim = await self.lender.lend(ref.endpoint_id, request.sandbox_key)
+        network = self.state.networks.get(claim.network_id)
+        return Lent(claim.transit_name, network.gateway4 if network else None,
+                    network.gateway6 if network else None)
 
     async def leave(self, ref: EndpointRef) -> None:
         await self.ready()
-        claim = self.state.claims.get(ref.endpoint_id)
-        if claim is None or claim.phase is not Phase.JOINED:
-            return
-        left = attrs.evolve(claim, phase=Phase.LEFT)
-        await self._commit(lambda s: s.with_claim(left), lambda s: s.with_claim(claim))
+        async with self.locks.hold("ep:" + ref.endpoint_id):
+            claim = self.state.claims.get(ref.endpoint_id)
+            if claim is None:
+                return
+            async with self.locks.hold("nic:" + claim.nic.key):
+                await self.lender.leave(ref.endpoint_id)
 
     async def delete_endpoint(self, ref: EndpointRef) -> None:
         await self.ready()
-        claim = self.state.claims.get(ref.endpoint_id)
-        if claim is None:
-            self.log.info("delete of unknown endpoint {endpoint}: nothing to do",
-                          endpoint=short(ref.endpoint_id))
-            return
-        if claim.original is None:
-            await self._release(claim)
-            return
-        if not await self._give_back(claim):
-            releasing = attrs.evolve(claim, phase=Phase.RELEASING)
-            await self._commit(lambda s: s.with_claim(releasing),
-                               lambda s: s.with_claim(claim))
-            self.log.warn("NIC {nic} of endpoint {endpoint} is not back in the host "
-                          "namespace; it will be restored when it appears",
-                          nic=claim.mac, endpoint=short(claim.endpoint_id))
+        async with self.locks.hold("ep:" + ref.endpoint_id):
+            claim = self.state.claims.get(ref.endpoint_id)
+            if claim is None:
+                self.log.info("delete of unknown endpoint {endpoint}: nothing to do",
+                              endpoint=short(ref.endpoint_id))
+                return
+            try:
+                async with self.locks.hold("nic:" + claim.nic.key):
+                    await self.lender.give_back(ref.endpoint_id)
+            except HostnicError:
+                # dockerd ignores this answer and will not ask again: we will.
+                self.retries.schedule("ep:" + ref.endpoint_id,
+                                      lambda: self._retry_delete(ref))
+                raise
+        self.retries.succeeded("ep:" + ref.endpoint_id)
 
-    def endpoint_info(self, ref: EndpointRef) -> dict[str, Any]:
-        claim = self.state.claims.get(ref.endpoint_id)
-        if claim is None:
-            return {}
-        return {"hostnic_mac": claim.mac, "phase": claim.phase.value,
-                "host_name": claim.original.name if claim.original else None}
+    async def _retry_delete(self, ref: EndpointRef) -> None:
+        self.log.info("retrying the delete of endpoint {endpoint}",
+                      endpoint=short(ref.endpoint_id))
+        await self.delete_endpoint(ref)
 
-    async def _release(self, claim: Claim) -> None:
-        await self._commit(lambda s: s.without_claim(claim.endpoint_id),
-                           lambda s: s.with_claim(claim))
-        self.log.info("endpoint {endpoint} released NIC {nic}",
-                      endpoint=short(claim.endpoint_id), nic=claim.mac)
+    def endpoint(self, ref: EndpointRef) -> Claim | None:
+        return self.state.claims.get(ref.endpoint_id)
 
-    async def _give_back(self, claim: Claim) -> bool:
-        """Restore the NIC to its recorded state and drop the claim; False if the
-        NIC is not in the host namespace."""
-        assert claim.original is not None
-        if claim.mac in self._restoring:
-            return True  # another path is restoring it right now
-        self._restoring.add(claim.mac)
-        try:
-            outcome = await self.host.restore(claim.mac, claim.original, claim.transit_name)
-        finally:
-            self._restoring.discard(claim.mac)
-        if not outcome.found:
-            return False
-        if outcome.problems:
-            self.log.warn("NIC {nic} restored with problems: {problems}",
-                          nic=claim.mac, problems="; ".join(outcome.problems))
-        else:
-            self.log.info("NIC {nic} restored from {name} to {state}",
-                          nic=claim.mac, name=outcome.name, state=claim.original)
-        current = self.state.claims.get(claim.endpoint_id)
-        if current is not None:
-            await self._release(current)
-        return True
-
-    async def release(self, mac: str) -> dict[str, Any]:
+    async def release(self, mac: str) -> Released:
         """An operator hands back a NIC whose claim outlived its container."""
         await self.ready()
-        claim = self.state.claim_of_mac(mac)
+        claim = self.state.claim_of(NicRef(mac))
         if claim is None:
             raise UnknownObject(f"NIC {mac} is not claimed by any hostnic endpoint")
-        link = await self.host.locate(mac)
-        if link is None:
-            if claim.sandbox_key and await self.host.namespace_exists(claim.sandbox_key):
-                raise NicUnavailable(
-                    f"NIC {mac} is inside the live namespace {claim.sandbox_key} of "
-                    f"endpoint {short(claim.endpoint_id)}; stop or disconnect that "
-                    f"container instead")
-            await self._release(claim)
-            self.journal.note("release", mac=mac, endpoint=claim.endpoint_id, found=False)
-            return {"mac": mac, "endpoint": claim.endpoint_id, "found": False,
-                    "restored": False, "problems": []}
-        problems: tuple[str, ...] = ()
-        if claim.original is not None:
-            outcome = await self.host.restore(mac, claim.original, claim.transit_name)
-            problems = outcome.problems
-        current = self.state.claims.get(claim.endpoint_id)
-        if current is not None:
-            await self._release(current)
-        self.journal.note("release", mac=mac, endpoint=claim.endpoint_id, found=True)
-        self.log.info("operator released NIC {nic} from endpoint {endpoint}",
-                      nic=mac, endpoint=short(claim.endpoint_id))
-        return {"mac": mac, "endpoint": claim.endpoint_id, "found": True,
-                "restored": claim.original is not None, "problems": list(problems)}
+        async with self.locks.hold("nic:" + claim.nic.key):
+            return await self.lender.release(claim.nic)
 
-    # -- reconciliation ----------------------------------------------------
+    # -- reconciliation and link events ------------------------------------
 
     async def reconcile(self) -> dict[str, Any]:
-        """Match recorded claims against the host namespace by MAC.
-
-        - a claim dockerd deleted while the NIC was away (releasing), or one
-          that dockerd left but whose DeleteEndpoint never reached us: the NIC
-          is home, so restore it and drop the claim;
-        - a joined claim whose NIC is home under a foreign name (the kernel
-          hands a physical NIC back as ``eth0`` or ``dev<N>`` when a container's
-          namespace dies without dockerd): restore it, keep the claim until
-          dockerd deletes the endpoint.
-        """
+        """Settle every claim whose NIC was lent against the host (see
+        ``Lender.settle``); a claim that fails is retried later."""
         started = self.clock()
-        restored: list[str] = []
-        released: list[str] = []
-        absent: list[str] = []
+        outcomes: dict[str, list[str]] = {"restored": [], "released": [], "absent": [],
+                                          "failed": []}
         for claim in list(self.state.claims.values()):
             if claim.original is None:
                 continue
             try:
-                link = await self.host.locate(claim.mac)
-                if link is None:
-                    absent.append(claim.mac)
-                    continue
-                home_from_transit = link.name == claim.transit_name
-                if claim.phase in (Phase.RELEASING, Phase.LEFT) and (
-                        claim.phase is Phase.RELEASING or home_from_transit):
-                    if await self._give_back(claim):
-                        released.append(claim.mac)
-                elif claim.phase is Phase.JOINED and not home_from_transit:
-                    outcome = await self.host.restore(claim.mac, claim.original,
-                                                      claim.transit_name)
-                    if outcome.found:
-                        restored.append(claim.mac)
-                        self.log.info("reconciled NIC {nic}: found as {name}, restored "
-                                      "to {state}", nic=claim.mac, name=link.name,
-                                      state=claim.original)
+                async with self.locks.hold("nic:" + claim.nic.key):
+                    outcome = await self.lender.settle(claim.nic, thorough=True)
             except HostnicError as e:
+                outcomes["failed"].append(claim.mac)
                 self.log.error("reconciling NIC {nic} failed: {error}",
                                nic=claim.mac, error=e.message)
-        report = {"at": self.clock(), "restored": restored, "released": released,
-                  "absent": absent, "claims": len(self.state.claims),
+                self._settle_later(claim.nic)
+                continue
+            key = {"away": "absent"}.get(outcome or "", outcome or "")
+            if key in outcomes:
+                outcomes[key].append(claim.mac)
+        report = {"at": self.clock(), **outcomes, "claims": len(self.state.claims),
                   "seconds": round(self.clock() - started, 6)}
         self.last_reconciliation = report
         self.journal.note("reconciliation", **report)
         self.log.info("reconciliation: {restored} restored, {released} released, "
-                      "{absent} not in the host namespace", restored=len(restored),
-                      released=len(released), absent=len(absent))
+                      "{absent} not in the host namespace, {failed} failed",
+                      restored=len(outcomes["restored"]), released=len(outcomes["released"]),
+                      absent=len(outcomes["absent"]), failed=len(outcomes["failed"]))
         return report
 
     def _link_appeared(self, link: LinkInfo) -> None:
-        if link.mac is None:
+        """A link appeared or changed in the host namespace: if it is a lent
+        NIC that needs us, settle it under its lock (after whatever holds it:
+        a DeleteEndpoint that just missed it will have marked its claim)."""
+        claim = self.state.claim_of_link(link.mac, link.perm, link.name)
+        if claim is None or claim.original is None:
             return
-        claim = self.state.claim_of_mac(link.mac)
-        if claim is None or claim.phase is not Phase.RELEASING or link.mac in self._restoring:
-            return
-        self.log.info("NIC {nic} came back as {name}; restoring it",
-                      nic=link.mac, name=link.name)
+        if claim.phase is Phase.RELEASING or (
+                claim.phase is Phase.JOINED and link.name != claim.transit_name
+                and not claim.original.shown_by(link.name, link.mac, link.mtu, link.up)):
+            self.settle_soon(claim.nic)
 
-        async def finish() -> None:
-            try:
-                await self._give_back(claim)
-            except HostnicError as e:
-                self.log.error("restoring NIC {nic} failed: {error}",
-                               nic=link.mac, error=e.message)
+    def settle_soon(self, nic: NicRef, thorough: bool = False) -> None:
+        if nic.key in self._settling:
+            return  # one queued settle sees every change before it runs
+        self._settling.add(nic.key)
+        Deferred.fromCoroutine(self._settle(nic, thorough))
 
-        Deferred.fromCoroutine(finish())
+    async def _settle(self, nic: NicRef, thorough: bool) -> None:
+        try:
+            async with self.locks.hold("nic:" + nic.key):
+                self._settling.discard(nic.key)
+                await self.lender.settle(nic, thorough)
+        except HostnicError as e:
+            self.log.error("settling NIC {nic} failed: {error}", nic=nic.mac, error=e.message)
+            self._settle_later(nic)
+        else:
+            if thorough:
+                self.retries.succeeded("nic:" + nic.key)
+        finally:
+            self._settling.discard(nic.key)
+
+    def _settle_later(self, nic: NicRef) -> None:
+        self.retries.schedule("nic:" + nic.key, lambda: self._settle_async(nic))
+
+    async def _settle_async(self, nic: NicRef) -> None:
+        self.settle_soon(nic, thorough=True)

@@ -5,7 +5,6 @@ every exception to a JSON ``{"Err": ...}`` answer.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -18,6 +17,8 @@ from hostnic.calls import CallLog
 from hostnic.core import Core
 from hostnic.errors import BadRequest, HostnicError
 from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join, network_id_of
+from hostnic.text import capped, quoted
+from hostnic.web import NotJSON, dumps, loads
 
 MAX_BODY = 1 << 20  # dockerd's requests are a few KiB
 Handler = Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]
@@ -59,18 +60,33 @@ class DriverAPI:
             return {}
 
         async def create_endpoint(body: Mapping[str, Any]) -> dict[str, Any]:
-            interface = await core.create_endpoint(CreateEndpoint.parse(body))
-            return {"Interface": interface} if interface else {}
+            created = await core.create_endpoint(CreateEndpoint.parse(body))
+            # Returning a field dockerd filled, even unchanged, fails the endpoint.
+            return {} if created.mac_given else {"Interface": {"MacAddress": created.mac}}
 
         async def delete_endpoint(body: Mapping[str, Any]) -> dict[str, Any]:
             await core.delete_endpoint(EndpointRef.parse(body))
             return {}
 
         async def oper_info(body: Mapping[str, Any]) -> dict[str, Any]:
-            return {"Value": core.endpoint_info(EndpointRef.parse(body))}
+            claim = core.endpoint(EndpointRef.parse(body))
+            if claim is None:
+                return {"Value": {}}
+            return {"Value": {"hostnic_mac": claim.mac, "phase": claim.phase.value,
+                              "host_name": claim.original.name if claim.original else None}}
 
         async def join(body: Mapping[str, Any]) -> dict[str, Any]:
-            return await core.join(Join.parse(body))
+            lent = await core.join(Join.parse(body))
+            answer: dict[str, Any] = {
+                "InterfaceName": {"SrcName": lent.src_name, "DstPrefix": "eth"},
+                # Without this dockerd adds a NAT'd second NIC: a path around the tenant NIC.
+                "DisableGatewayService": True,
+            }
+            if lent.gateway4:
+                answer["Gateway"] = lent.gateway4
+            if lent.gateway6:
+                answer["GatewayIPv6"] = lent.gateway6
+            return answer
 
         async def leave(body: Mapping[str, Any]) -> dict[str, Any]:
             await core.leave(EndpointRef.parse(body))
@@ -109,34 +125,35 @@ class DriverAPI:
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", b"application/vnd.docker.plugins.v1+json")
         duration = self.clock() - started
-        error = answer.get("Err") if isinstance(answer, dict) else None
-        self.calls.record(method if method in self._handlers else "(unknown)",
-                          duration, error)
+        error = answer.get("Err")
+        known = method if method in self._handlers else "(unknown)"
+        self.calls.record(known, duration, error)
         if error is None:
-            self.log.info("{method} ok in {ms:.1f} ms", method=method, ms=duration * 1000,
+            self.log.info("{method} ok in {ms:.1f} ms", method=known, ms=duration * 1000,
                           outcome="ok")
         else:
-            self.log.warn("{method} refused in {ms:.1f} ms: {error}", method=method,
+            self.log.warn("{method} refused in {ms:.1f} ms: {error}", method=known,
                           ms=duration * 1000, error=error, outcome="refused", status=status)
-        return json.dumps(answer).encode()
+        return dumps(answer)
 
     async def _answer(self, request: IRequest, method: str) -> tuple[int, dict[str, Any]]:
         handler = self._handlers.get(method)
         if handler is None:
-            return 404, {"Err": f"hostnic does not implement {method[:100]!r}"}
+            return 404, {"Err": f"hostnic does not implement {quoted(method)}"}
         if request.method != b"POST":
-            return 405, {"Err": f"{method} takes POST, not {request.method.decode()[:10]}"}
+            verb = request.method.decode("latin-1")[:10]
+            return 405, {"Err": f"{method} takes POST, not {verb}"}
         try:
             body = self._body(request, method)
             return 200, await handler(body)
         except BadRequest as e:
-            return 400, {"Err": e.message}
+            return 400, {"Err": capped(e.message)}
         except HostnicError as e:
-            return 200, {"Err": e.message}
+            return 200, {"Err": capped(e.message)}
         except Exception as e:
             self.log.failure("{method} failed unexpectedly", method=method)
-            return 500, {"Err": f"internal error in hostnic ({type(e).__name__}: {e}); "
-                                f"see the hostnic log"}
+            return 500, {"Err": capped(f"internal error in hostnic ({type(e).__name__}: {e}); "
+                                       f"see the hostnic log")}
 
     def _body(self, request: IRequest, method: str) -> Mapping[str, Any]:
         assert request.content is not None
@@ -148,9 +165,9 @@ class DriverAPI:
                 return {}
             raise BadRequest(f"{method} needs a JSON body")
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise BadRequest("the request body is not JSON") from None
+            body = loads(raw)
+        except NotJSON as e:
+            raise BadRequest(str(e)) from None
         if not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object")
         return body

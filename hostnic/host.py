@@ -2,7 +2,7 @@
 in threads and consult the event-driven inventory instead of dumping links.
 
 ``tests/fakes.py`` provides ``FakeHost`` with the same methods over an
-in-memory model of a namespace.
+in-memory model of a namespace that behaves like the kernel.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 
 from hostnic import netlink
 from hostnic.linkwatch import RTM_NEWLINK, LinkInfo, LinkMonitor
-from hostnic.model import Address, NicState
+from hostnic.model import Address, NicRef, NicState
 
 
 def pci_address(name: str) -> str | None:
@@ -28,30 +28,28 @@ def pci_address(name: str) -> str | None:
         else None
 
 
-@attrs.frozen
-class RestoreOutcome:
-    found: bool
-    name: str | None = None
-    problems: tuple[str, ...] = ()
-
-
 class HostPort(Protocol):
     """What the core needs from the host namespace."""
 
     def on_link_appeared(self, callback: Callable[[LinkInfo], None]) -> None: ...
-    def known_links(self, mac: str) -> list[LinkInfo]: ...
-    async def locate(self, mac: str, name: str | None = None) -> LinkInfo | None: ...
+    def known(self, nic: NicRef) -> list[LinkInfo]:
+        """The inventory's links for ``nic`` (a hint: no I/O, may lag)."""
+    async def locate(self, nic: NicRef, transit_name: str | None = None) -> LinkInfo | None:
+        """The host link that is ``nic`` now (confirmed), or None if it is not home."""
     async def locate_name(self, name: str) -> LinkInfo | None: ...
-    async def default_route_links(self) -> set[int]: ...
+    async def carries_default_route(self, index: int) -> bool: ...
     async def read_state(self, index: int) -> NicState: ...
-    async def rename(self, index: int, name: str) -> None: ...
-    async def restore(self, mac: str, original: NicState,
-                      transit_name: str) -> RestoreOutcome: ...
+    async def rename(self, index: int, name: str) -> None:
+        """Set the link down and rename it (the kernel refuses to rename an up
+        link; a failed rename leaves it down)."""
+    async def restore(self, index: int, original: NicState) -> tuple[str, ...]:
+        """Put a NIC back as recorded, step by step; returns what could not be."""
+    async def namespace_exists(self, path: str) -> bool: ...
     # For the admin view:
     def all_links(self) -> list[LinkInfo]: ...
     async def addresses(self) -> dict[int, list[Address]]: ...
     async def pci_addresses(self, names: list[str]) -> dict[str, str | None]: ...
-    async def namespace_exists(self, path: str) -> bool: ...
+    async def default_route_links(self) -> set[int]: ...
 
 
 @attrs.define
@@ -65,28 +63,33 @@ class NetlinkHost:
                 callback(link)
         self.monitor.listeners.append(listener)
 
-    def known_links(self, mac: str) -> list[LinkInfo]:
+    def known(self, nic: NicRef) -> list[LinkInfo]:
         self.monitor.drain()
-        return self.monitor.inventory.by_mac(mac)
+        inventory = self.monitor.inventory
+        found = {link.index: link for link in inventory.by_mac(nic.mac)}
+        if nic.perm is not None:
+            found.update((link.index, link) for link in inventory.by_perm(nic.perm))
+        return [found[i] for i in sorted(found)]
 
-    async def locate(self, mac: str, name: str | None = None) -> LinkInfo | None:
-        hints = [link.index for link in self.known_links(mac)]
-        if not hints and name is None:
-            # The inventory is current from events: absent there means absent,
-            # unless a resync is running (then confirm the slow way).
-            if self.monitor.ready:
-                return None
+    async def locate(self, nic: NicRef, transit_name: str | None = None) -> LinkInfo | None:
+        hints = [link.index for link in self.known(nic)]
+        ready = self.monitor.ready
+        if ready and transit_name is not None \
+                and self.monitor.inventory.by_name(transit_name) is None:
+            transit_name = None  # the inventory is current: no link wears it
+        if ready and not hints and transit_name is None:
+            return None  # current from events: absent there means absent
         found: LinkInfo | None = await self.run_in_thread(
-            netlink.find_by_mac, mac, hints, name)
+            netlink.find_nic, nic, hints, transit_name, not ready)
         return found
 
     async def locate_name(self, name: str) -> LinkInfo | None:
         found: LinkInfo | None = await self.run_in_thread(netlink.get_link, None, name)
         return found
 
-    async def default_route_links(self) -> set[int]:
-        found: set[int] = await self.run_in_thread(netlink.default_route_ifindexes)
-        return found
+    async def carries_default_route(self, index: int) -> bool:
+        carries: bool = await self.run_in_thread(netlink.carries_default_route, index)
+        return carries
 
     async def read_state(self, index: int) -> NicState:
         state: NicState = await self.run_in_thread(netlink.read_state, index)
@@ -95,13 +98,13 @@ class NetlinkHost:
     async def rename(self, index: int, name: str) -> None:
         await self.run_in_thread(netlink.rename, index, name)
 
-    async def restore(self, mac: str, original: NicState,
-                      transit_name: str) -> RestoreOutcome:
-        link = await self.locate(mac, name=transit_name)
-        if link is None:
-            return RestoreOutcome(found=False)
-        problems: list[str] = await self.run_in_thread(netlink.restore, link.index, original)
-        return RestoreOutcome(found=True, name=link.name, problems=tuple(problems))
+    async def restore(self, index: int, original: NicState) -> tuple[str, ...]:
+        problems: list[str] = await self.run_in_thread(netlink.restore, index, original)
+        return tuple(problems)
+
+    async def namespace_exists(self, path: str) -> bool:
+        exists: bool = await self.run_in_thread(os.path.exists, path)
+        return exists
 
     def all_links(self) -> list[LinkInfo]:
         self.monitor.drain()
@@ -117,6 +120,6 @@ class NetlinkHost:
         found: dict[str, str | None] = await self.run_in_thread(read)
         return found
 
-    async def namespace_exists(self, path: str) -> bool:
-        exists: bool = await self.run_in_thread(os.path.exists, path)
-        return exists
+    async def default_route_links(self) -> set[int]:
+        found: set[int] = await self.run_in_thread(netlink.default_route_ifindexes)
+        return found

@@ -5,18 +5,22 @@ their parameters, and one mapping turns exceptions into error objects."""
 from __future__ import annotations
 
 import inspect
-import json
+import math
 from typing import Any, Awaitable, Callable
 
 import attrs
 from twisted.logger import Logger
 
 from hostnic.errors import HostnicError
+from hostnic.text import capped, quoted
+from hostnic.web import NotJSON, dumps, loads
 
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND = -32700, -32600, -32601
 INVALID_PARAMS, INTERNAL_ERROR = -32602, -32603
 
 Method = Callable[..., Awaitable[Any]]
+MAX_BATCH = 64  # a batch is answered in one response: bound the work one body asks for
+MAX_ID = 128  # characters of a string id (it is echoed)
 
 
 class RPCError(Exception):
@@ -26,7 +30,7 @@ class RPCError(Exception):
 
 
 def _error(code: int, message: str, request_id: Any = None, data: Any = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": code, "message": message}
+    error: dict[str, Any] = {"code": code, "message": capped(message)}
     if data is not None:
         error["data"] = data
     return {"jsonrpc": "2.0", "error": error, "id": request_id}
@@ -47,24 +51,28 @@ class Dispatcher:
         """The answer body for a request body; None when nothing is owed
         (notifications only)."""
         try:
-            payload = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            return json.dumps(_error(PARSE_ERROR, "Parse error: the body is not JSON")).encode()
+            payload = loads(raw)
+        except NotJSON as e:
+            return dumps(_error(PARSE_ERROR, f"Parse error: {e}"))
         if isinstance(payload, list):
             if not payload:
-                return json.dumps(_error(INVALID_REQUEST, "Invalid Request: empty batch")).encode()
+                return dumps(_error(INVALID_REQUEST, "Invalid Request: empty batch"))
+            if len(payload) > MAX_BATCH:
+                return dumps(_error(INVALID_REQUEST, f"Invalid Request: a batch of "
+                                                     f"{len(payload)} requests; at most "
+                                                     f"{MAX_BATCH} are served in one"))
             answers = [a for a in [await self._one(item) for item in payload] if a is not None]
-            return json.dumps(answers).encode() if answers else None
+            return dumps(answers) if answers else None
         answer = await self._one(payload)
-        return json.dumps(answer).encode() if answer is not None else None
+        return dumps(answer) if answer is not None else None
 
     async def _one(self, request: Any) -> dict[str, Any] | None:
         if not isinstance(request, dict):
             return _error(INVALID_REQUEST, "Invalid Request: not an object")
         request_id = request.get("id")
-        if "id" in request and not (request_id is None or isinstance(request_id, (str, int, float))
-                                    ) or isinstance(request_id, bool):
-            return _error(INVALID_REQUEST, "Invalid Request: id must be a string, number or null")
+        if not _valid_id(request_id):
+            return _error(INVALID_REQUEST, f"Invalid Request: id must be null, a finite number "
+                                           f"or a string of at most {MAX_ID} characters")
         if request.get("jsonrpc") != "2.0":
             return _error(INVALID_REQUEST, 'Invalid Request: "jsonrpc" must be "2.0"', request_id)
         name = request.get("method")
@@ -96,14 +104,14 @@ class Dispatcher:
     async def _call(self, name: str, params: list[Any] | dict[str, Any]) -> Any:
         method = self.methods.get(name)
         if method is None:
-            raise RPCError(METHOD_NOT_FOUND, f"Method not found: {name[:100]!r}; known methods: "
+            raise RPCError(METHOD_NOT_FOUND, f"Method not found: {quoted(name)}; known methods: "
                                              f"{', '.join(sorted(self.methods))}")
         signature = inspect.signature(method)
         try:
             bound = (signature.bind(*params) if isinstance(params, list)
                      else signature.bind(**params))
         except TypeError as e:
-            raise RPCError(INVALID_PARAMS, f"Invalid params for {name}: {e}") from None
+            raise RPCError(INVALID_PARAMS, f"Invalid params for {name}: {capped(str(e), 200)}") from None
         for key, value in bound.arguments.items():
             # Annotations are strings here (postponed evaluation); bool is no int.
             expected = signature.parameters[key].annotation
@@ -111,3 +119,15 @@ class Dispatcher:
                 raise RPCError(INVALID_PARAMS, f"Invalid params for {name}: {key} must be "
                                                f"a{'n' if expected == 'int' else ''} {expected}")
         return await method(*bound.args, **bound.kwargs)
+
+
+def _valid_id(request_id: Any) -> bool:
+    if request_id is None:
+        return True
+    if isinstance(request_id, bool):
+        return False
+    if isinstance(request_id, int):
+        return abs(request_id) < 2 ** 63
+    if isinstance(request_id, float):
+        return math.isfinite(request_id)
+    return isinstance(request_id, str) and len(request_id) <= MAX_ID

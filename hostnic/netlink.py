@@ -15,7 +15,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from hostnic.errors import HostError
 from hostnic.linkwatch import LinkInfo, dump_links
-from hostnic.model import Address, NicState
+from hostnic.model import Address, NicRef, NicState
 
 ENODEV, EEXIST, EBUSY = 19, 17, 16
 _local = threading.local()
@@ -44,7 +44,8 @@ def _link_info(msg: Any) -> LinkInfo:
     return LinkInfo(
         index=msg["index"], name=msg.get("ifname") or "", mac=msg.get("address"),
         mtu=msg.get("mtu") or 0, flags=msg["flags"],
-        kind=linkinfo.get("kind") if linkinfo is not None else None)
+        kind=linkinfo.get("kind") if linkinfo is not None else None,
+        perm=msg.get("perm_address"))
 
 
 def get_link(index: int | None = None, name: str | None = None) -> LinkInfo | None:
@@ -58,19 +59,24 @@ def get_link(index: int | None = None, name: str | None = None) -> LinkInfo | No
         raise HostError(f"netlink get of {query} failed: {e}") from e
 
 
-def find_by_mac(mac: str, hints: Iterable[int] = (), name: str | None = None) -> LinkInfo | None:
-    """The host link carrying ``mac``: tries a name, then the inventory's
-    indexes (each confirmed by a targeted get), and dumps only as a last resort."""
+def find_nic(nic: NicRef, hints: Iterable[int] = (), name: str | None = None,
+             may_dump: bool = False) -> LinkInfo | None:
+    """The host link that is ``nic``: its transit ``name`` (a name hostnic gave
+    it is proof enough: the MAC may have been changed while it was lent), then
+    the inventory's candidate indexes, each confirmed by a targeted get. Only
+    ``may_dump`` (the inventory is not current) allows a dump of every link."""
     if name is not None:
         link = get_link(name=name)
-        if link is not None and link.mac == mac:
+        if link is not None:
             return link
     for index in hints:
         link = get_link(index=index)
-        if link is not None and link.mac == mac:
+        if link is not None and nic.matches(link.mac, link.perm):
             return link
-    matches = [link for link in dump_links() if link.mac == mac]
-    return matches[0] if matches else None
+    if may_dump:
+        matches = [link for link in dump_links() if nic.matches(link.mac, link.perm)]
+        return matches[0] if matches else None
+    return None
 
 
 def default_route_ifindexes() -> set[int]:
@@ -85,6 +91,17 @@ def default_route_ifindexes() -> set[int]:
             for hop in route.get("multipath") or ():
                 found.add(hop["oif"])
     return found
+
+
+def carries_default_route(index: int) -> bool:
+    """Whether an IPv4 or IPv6 default route (any table) goes out of this link.
+    The kernel filters the dump by output interface (strict checking), so the
+    cost does not grow with the host's routing tables."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for route in _ipr().route("dump", family=family, oif=index):
+            if route["dst_len"] == 0:
+                return True
+    return False
 
 
 def read_state(index: int) -> NicState:

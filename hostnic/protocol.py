@@ -15,6 +15,7 @@ import netaddr
 
 from hostnic.errors import BadRequest, InvalidOption
 from hostnic.model import normalize_mac, valid_ifname
+from hostnic.text import quoted
 
 GENERIC = "com.docker.network.generic"
 OPT_MAC = "hostnic_mac"
@@ -38,7 +39,7 @@ def _field(body: Mapping[str, Any], name: str, kind: type, required: bool = True
 def _id(body: Mapping[str, Any], name: str) -> str:
     value = _field(body, name, str)
     if not _ID.match(value):
-        raise BadRequest(f"{name} {value[:80]!r} is not a Docker object id")
+        raise BadRequest(f"{name} {quoted(value)} is not a Docker object id")
     return str(value)
 
 
@@ -49,7 +50,7 @@ def _string_map(value: Any, where: str) -> dict[str, str]:
         raise BadRequest(f"{where} must be an object")
     for k, v in value.items():
         if not isinstance(v, str):
-            raise InvalidOption(f"option {k} must be a string, not {type(v).__name__}")
+            raise InvalidOption(f"option {_names([k])} must be a string, not {type(v).__name__}")
     return dict(value)
 
 
@@ -58,10 +59,23 @@ def _split(value: str) -> list[str]:
 
 
 def _plain_ip(cidr: str, where: str) -> str:
+    """The address of a CIDR-form gateway (dockerd sends ``10.0.0.1/24``)."""
     try:
-        return str(netaddr.IPNetwork(cidr).ip)
+        if len(cidr) <= 64:
+            return str(netaddr.IPNetwork(cidr).ip)
     except (netaddr.AddrFormatError, ValueError, TypeError):
-        raise BadRequest(f"{where} {cidr!r} is not an IP address") from None
+        pass
+    raise BadRequest(f"{where} {quoted(cidr)} is not an IP address")
+
+
+def _subnet(value: str, where: str) -> str:
+    try:
+        if len(value) <= 64:
+            netaddr.IPNetwork(value)
+            return value
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        pass
+    raise BadRequest(f"{where} {quoted(value)} is not a subnet")
 
 
 @attrs.frozen
@@ -78,8 +92,8 @@ def _ip_data(body: Mapping[str, Any], name: str) -> list[IPData]:
             raise BadRequest(f"{name} entries must be objects")
         pool = _field(entry, "Pool", str, required=False)
         gateway = _field(entry, "Gateway", str, required=False)
-        parsed.append(IPData(pool=pool, gateway=_plain_ip(gateway, f"{name} gateway")
-                             if gateway else None))
+        parsed.append(IPData(pool=_subnet(pool, f"{name} pool") if pool else None,
+                             gateway=_plain_ip(gateway, f"{name} gateway") if gateway else None))
     return parsed
 
 
@@ -102,13 +116,13 @@ class CreateNetwork:
         if unknown:
             raise InvalidOption(
                 f"hostnic does not know the option{'s' if len(unknown) > 1 else ''} "
-                f"{', '.join(unknown)}; it takes {OPT_MAC}=MAC[,MAC...] and/or "
+                f"{_names(unknown)}; it takes {OPT_MAC}=MAC[,MAC...] and/or "
                 f"{OPT_NAME}=IFNAME[,IFNAME...]")
         macs = tuple(normalize_mac(m) for m in _split(generic.get(OPT_MAC, "")))
         names = tuple(_split(generic.get(OPT_NAME, "")))
         for name in names:
             if not valid_ifname(name):
-                raise InvalidOption(f"{OPT_NAME} {name!r} is not an interface name")
+                raise InvalidOption(f"{OPT_NAME} {quoted(name)} is not an interface name")
         if not macs and not names:
             raise InvalidOption(
                 f"hostnic needs the NIC to hand out: give -o {OPT_MAC}=MAC "
@@ -151,7 +165,7 @@ class CreateEndpoint:
                          if k.startswith("hostnic_") and k not in ENDPOINT_OPTIONS)
         if unknown:
             raise InvalidOption(f"hostnic does not know the endpoint option "
-                                f"{', '.join(unknown)}; it takes {OPT_MAC}=MAC")
+                                f"{_names(unknown)}; it takes {OPT_MAC}=MAC")
         pinned = None
         if options.get(OPT_MAC) is not None:
             if not isinstance(options[OPT_MAC], str):
@@ -176,6 +190,13 @@ class Join:
     def parse(cls, body: Mapping[str, Any]) -> Join:
         return cls(ref=EndpointRef.parse(body),
                    sandbox_key=_field(body, "SandboxKey", str, required=False))
+
+
+def _names(keys: list[str]) -> str:
+    """Option names for a message: each bounded, at most five of them."""
+    shown = [k if len(k) <= 32 and k.isprintable() else quoted(k, 32) for k in keys[:5]]
+    more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+    return ", ".join(shown) + more
 
 
 def network_id_of(body: Mapping[str, Any]) -> str:

@@ -19,3 +19,13 @@ def notify(message: str) -> bool:
         except OSError:
             return False
     return True
+
+
+def watchdog_interval() -> float | None:
+    """systemd's watchdog period in seconds (``WatchdogSec=``), if it is meant
+    for this process; pings must come at least this often."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 1_000_000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import time
 from typing import Any
 
@@ -10,25 +11,43 @@ import attrs
 from twisted.application import service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.address import UNIXAddress
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from hostnic.activation import server_endpoint
 from hostnic.admin import AdminAPI, ServiceInfo, read_token
 from hostnic.core import Core
 from hostnic.driver import DriverAPI
+from hostnic.errors import HostnicError
 from hostnic.host import NetlinkHost
 from hostnic.linkwatch import LinkMonitor
-from hostnic.sdnotify import notify
+from hostnic.model import State
+from hostnic.sdnotify import notify, watchdog_interval
 from hostnic.store import StateStore
-from hostnic.web import driver_error, json_site, jsonrpc_error
+from hostnic.web import GuardedSite, Limits, driver_refusal, jsonrpc_refusal
 
 DEFAULT_SOCKET = "unix:/run/docker/plugins/hostnic.sock:mode=660:lockfile=1"
 DEFAULT_STATE_DIR = "/var/lib/hostnic"
 DEFAULT_ADMIN = "unix:/run/hostnic/admin.sock:mode=600:lockfile=1"
-NETWORK_ENDPOINTS = ("tcp:", "tcp6:", "ssl:")
+NETWORK_ENDPOINTS = ("tcp:", "tcp6:", "ssl:", "tls:")
+DRIVER_CONNECTIONS = 512  # dockerd opens one per call; hundreds of parallel starts fit
+ADMIN_CONNECTIONS = 64
+
+
+def is_network_endpoint(description: str) -> bool:
+    """Whether an endpoint string listens on the network (anyone who can reach
+    it could talk to the admin API): TCP, TLS, or a socket systemd opened on
+    an INET domain."""
+    lowered = description.lower()
+    if lowered.startswith(NETWORK_ENDPOINTS):
+        return True
+    return lowered.startswith("systemd:") and "domain=inet" in lowered
 
 
 class Options(usage.Options):
@@ -44,6 +63,8 @@ class Options(usage.Options):
          "Twisted server endpoint for the JSON-RPC admin API."],
         ["admin-token-file", None, None,
          "File holding the bearer token the admin API requires (mandatory on TCP)."],
+        ["client-timeout", None, 30.0,
+         "Seconds a client has to send a whole request before it is dropped.", float],
     ]
 
     def postOptions(self) -> None:
@@ -60,7 +81,7 @@ class Options(usage.Options):
                 self["admin-token"] = read_token(self["admin-token-file"])
             except (OSError, ValueError) as e:
                 raise usage.UsageError(f"--admin-token-file: {e}")
-        elif self["admin"].startswith(NETWORK_ENDPOINTS):
+        elif is_network_endpoint(self["admin"]):
             raise usage.UsageError("the admin API on a network endpoint needs "
                                    "--admin-token-file: anyone who can connect could "
                                    "read hostnic's state and release NICs")
@@ -94,28 +115,38 @@ class HostnicService(service.Service):
     state_dir: str
     admin: str = DEFAULT_ADMIN
     admin_token: bytes | None = None
+    state: State = attrs.field(factory=State)
+    client_timeout: float = 30.0
     core: Core | None = None
     monitor: LinkMonitor | None = None
     ports: list[IListeningPort] = attrs.field(factory=list)
+    watchdog: LoopingCall | None = None
     log = Logger()
 
     def startService(self) -> None:
         service.Service.startService(self)
         store = StateStore(self.state_dir, deferToThread)
-        state = store.load()
+        state = self.state
         self.monitor = LinkMonitor(self.reactor, deferToThread)
         self.core = Core(host=NetlinkHost(self.monitor, deferToThread), store=store,
-                         state=state)
+                         state=state, reactor=self.reactor)
         driver = DriverAPI(self.core, self.core.journal)
         admin = AdminAPI(self.core, ServiceInfo(
             pid=os.getpid(), started_at=time.time(), state_dir=self.state_dir,
             endpoints={"driver": self.socket, "admin": self.admin}), token=self.admin_token)
+        self._feed_watchdog()
         # Listen at once: dockerd must never find the socket missing. Requests
         # that touch state wait inside the core for the reconciliation.
         listens = []
-        for name, description, site in (
-                ("driver", self.socket, json_site(driver.app.resource(), driver_error)),
-                ("admin", self.admin, json_site(admin.app.resource(), jsonrpc_error))):
+        driver_site = GuardedSite(driver.app.resource(), driver_refusal,
+                                  Limits(max_connections=DRIVER_CONNECTIONS,
+                                         request_seconds=self.client_timeout))
+        admin_site = GuardedSite(admin.app.resource(), jsonrpc_refusal,
+                                 Limits(max_connections=ADMIN_CONNECTIONS,
+                                        request_seconds=self.client_timeout),
+                                 authorize=admin.authorized if self.admin_token else None)
+        for name, description, site in (("driver", self.socket, driver_site),
+                                        ("admin", self.admin, admin_site)):
             directory = unix_socket_dir(description)
             if directory:
                 os.makedirs(directory, exist_ok=True)
@@ -139,25 +170,60 @@ class HostnicService(service.Service):
 
     def _listening(self, port: IListeningPort, name: str) -> None:
         self.ports.append(port)
-        self.log.info("{api} API listening on {address}", api=name, address=port.getHost())
+        address = port.getHost()
+        self.log.info("{api} API listening on {address}", api=name, address=address)
+        if name == "admin" and self.admin_token is None and not isinstance(address, UNIXAddress):
+            # Whatever the endpoint string said (systemd may hand over a TCP socket).
+            raise HostnicError(f"the admin API listens on the network ({address}) without "
+                               f"--admin-token-file: anyone who can connect could read "
+                               f"hostnic's state and release NICs")
 
-    def _fatal(self, failure: Any) -> None:
+    def _feed_watchdog(self) -> None:
+        """systemd's WatchdogSec=: ping from the reactor, so a wedged reactor
+        stops the pings and systemd restarts hostnic."""
+        interval = watchdog_interval()
+        if interval is not None:
+            self.watchdog = LoopingCall(notify, "WATCHDOG=1")
+            self.watchdog.clock = self.reactor
+            self.watchdog.start(interval / 2, now=True)
+
+    def _fatal(self, failure: Failure) -> None:
+        expected = failure.check(HostnicError, CannotListenError, OSError)
         self.log.critical("hostnic cannot start: {error}", error=failure.getErrorMessage(),
-                          log_failure=failure)
+                          log_failure=None if expected else failure)
         self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
         self.reactor.stop()
 
     def stopService(self) -> Any:
         service.Service.stopService(self)
         notify("STOPPING=1")
+        if self.watchdog is not None and self.watchdog.running:
+            self.watchdog.stop()
+        if self.core is not None:
+            self.core.retries.stop()
         if self.monitor is not None:
             self.monitor.stop()
         return DeferredList([maybeDeferred(port.stopListening) for port in self.ports])
 
 
+def raise_descriptor_limit() -> None:
+    """Use the hard limit on open files (systemd's default soft limit is 1,024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
+    try:
+        # Read before serving: a damaged state file stops the start with one
+        # sentence, never a traceback, and the file is left as it is.
+        state = StateStore(options["state-dir"], deferToThread).load()
+    except HostnicError as e:
+        raise SystemExit(f"hostnic cannot start: {e.message}") from None
+    raise_descriptor_limit()
     top = service.MultiService()
     HostnicService(reactor, options["socket"], options["state-dir"], options["admin"],
-                   options["admin-token"]).setServiceParent(top)
+                   options["admin-token"], state=state,
+                   client_timeout=options["client-timeout"]).setServiceParent(top)
     return top

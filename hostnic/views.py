@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from hostnic.linkwatch import LinkInfo
-from hostnic.model import Address, Claim, Network, NicState, Phase, State
+from hostnic.model import Address, Claim, Network, NicRef, NicState, Phase, State
 
 VIRTUAL_HINT = "virtual"
 
@@ -24,28 +24,28 @@ def nic_state(state: NicState | None) -> dict[str, Any] | None:
 
 def claim_view(claim: Claim, present: bool) -> dict[str, Any]:
     return {"endpoint": claim.endpoint_id, "network": claim.network_id, "mac": claim.mac,
-            "phase": claim.phase.value, "created_at": claim.created_at,
+            "perm_mac": claim.nic.perm, "transit_name": claim.transit_name, "phase": claim.phase.value, "created_at": claim.created_at,
             "joined_at": claim.joined_at, "sandbox_key": claim.sandbox_key,
             "nic_in_host": present, "original": nic_state(claim.original)}
 
 
 def network_view(network: Network, state: State, names: dict[str, str]) -> dict[str, Any]:
-    users = {c.mac: c.endpoint_id for c in state.claims.values()}
+    users = {c.nic.key: c.endpoint_id for c in state.claims.values()}
     return {"id": network.id, "gateway4": network.gateway4, "gateway6": network.gateway6,
             "subnets": list(network.subnets), "options": dict(network.options),
-            "pool": [{"mac": mac, "name": names.get(mac), "endpoint": users.get(mac)}
-                     for mac in network.pool]}
+            "pool": [{"mac": nic.mac, "perm_mac": nic.perm, "name": names.get(nic.mac),
+                      "endpoint": users.get(nic.key)} for nic in network.pool]}
 
 
-def nic_status(mac: str, present: bool, state: State, management: bool,
+def nic_status(nic: NicRef, present: bool, state: State, management: bool,
                loopback: bool = False) -> str:
-    claim = state.claim_of_mac(mac)
+    claim = state.claim_of(nic)
     if claim is not None:
         if present:
             return "claimed"
         return "missing" if claim.phase is Phase.RELEASING or claim.original is None \
             else "in-container"
-    if state.network_of_mac(mac) is not None:
+    if state.network_of(nic) is not None:
         return "in-pool" if present else "missing"
     if loopback:
         return "loopback"
@@ -61,33 +61,36 @@ def nic_views(links: list[LinkInfo], addresses: dict[int, list[Address]],
     for link in links:
         if link.mac is None:
             continue
-        seen.add(link.mac)
-        network = state.network_of_mac(link.mac)
-        claim = state.claim_of_mac(link.mac)
+        # A lent NIC is known by its transit name too (its MAC may have changed).
+        claim = state.claim_of_link(link.mac, link.perm, link.name)
+        nic = claim.nic if claim is not None else NicRef(link.mac, link.perm)
+        network = state.network_of(nic)
+        seen.add((network.entry(nic) or nic).mac if network is not None else nic.mac)
         views.append({
-            "name": link.name, "mac": link.mac, "index": link.index,
+            "name": link.name, "mac": link.mac, "perm_mac": link.perm, "index": link.index,
             "kind": "virtual" if link.kind else "physical", "driver": link.kind,
             "pci": pci.get(link.name), "mtu": link.mtu,
             "admin": "up" if link.up else "down", "oper": "up" if link.carrier else "down",
             "addresses": address_list(addresses.get(link.index, [])),
-            "status": nic_status(link.mac, True, state, link.index in management,
-                                 link.loopback),
+            "status": nic_status(nic, True, state, link.index in management, link.loopback),
             "management": link.index in management,
             "network": network.id if network else None,
             "endpoint": claim.endpoint_id if claim else None, "where": "host"})
-    elsewhere = [*(c.mac for c in state.claims.values()),
-                 *(m for n in state.networks.values() for m in n.pool)]
-    for mac in dict.fromkeys(elsewhere):
-        if mac in seen:
+    elsewhere = [*(c.nic for c in state.claims.values()),
+                 *(nic for n in state.networks.values() for nic in n.pool)]
+    for nic in dict.fromkeys(elsewhere):
+        if nic.mac in seen:
             continue
-        claim = state.claim_of_mac(mac)
-        network = state.network_of_mac(mac)
+        seen.add(nic.mac)
+        claim = state.claim_of(nic)
+        network = state.network_of(nic)
         original = claim.original if claim else None
         views.append({
-            "name": original.name if original else None, "mac": mac, "index": None,
+            "name": original.name if original else None, "mac": nic.mac,
+            "perm_mac": nic.perm, "index": None,
             "kind": None, "driver": None, "pci": None,
             "mtu": original.mtu if original else None, "admin": None, "oper": None,
-            "addresses": [], "status": nic_status(mac, False, state, False),
+            "addresses": [], "status": nic_status(nic, False, state, False),
             "management": False, "network": network.id if network else None,
             "endpoint": claim.endpoint_id if claim else None,
             "where": (claim.sandbox_key or "container") if claim and claim.original else None,

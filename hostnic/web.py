@@ -1,51 +1,225 @@
-"""A twisted.web Site whose every answer is JSON, even when something fails
-below the routes (where Twisted would render an HTML 500 page)."""
+"""HTTP for both APIs: a twisted.web Site that answers JSON even when
+something fails below the routes, and that a hostile or broken client cannot
+wear down.
+
+- A body larger than ``max_body`` is refused when its length is announced (or
+  as soon as a chunked body passes it), never buffered or spooled to disk.
+- Where a token is required, a request without it is refused as soon as its
+  headers are in, before any of its body is read.
+- Every request must arrive whole within ``request_seconds`` of the
+  connection's start or the previous answer: idle and trickling clients are
+  dropped.
+- At most ``max_connections`` are open per endpoint; past that, new ones are
+  closed at once, so the other endpoint (and the process's descriptors) stay
+  available.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any, Callable
 
+import attrs
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import server
+from twisted.web import http, server
+from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
+from hostnic.text import capped
+
 log = Logger()
+Refusal = Callable[[int, str], bytes]  # (HTTP status, message) -> body
 
 
-def driver_error(message: str) -> bytes:
-    return json.dumps({"Err": message}).encode()
+class NotJSON(ValueError):
+    """A request body that is not a JSON document hostnic will read."""
 
 
-def jsonrpc_error(message: str) -> bytes:
-    return json.dumps({"jsonrpc": "2.0", "id": None,
-                       "error": {"code": -32603, "message": f"Internal error: {message}"}}).encode()
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
-def json_site(resource: IResource, error_body: Callable[[str], bytes]) -> server.Site:
-    class JSONRequest(server.Request):
-        def getRequestHostname(self) -> bytes:
-            # HTTP/1.0 without Host over a unix socket: Twisted would look up
-            # UNIXAddress.host and fail before any route runs.
-            try:
-                hostname: bytes = super().getRequestHostname()
-                return hostname
-            except AttributeError:
-                return b"localhost"
+def loads(raw: bytes) -> Any:
+    """Strict JSON: no NaN or Infinity, and nesting bounded by the interpreter
+    (a deeply nested body is refused, never a RecursionError)."""
+    try:
+        return json.loads(raw, parse_constant=_no_constants)
+    except RecursionError:
+        raise NotJSON("the request body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError):
+        raise NotJSON("the request body is not JSON") from None
 
-        def processingFailed(self, reason: Failure) -> Any:
-            log.failure("request {path} failed", reason, path=self.path)
-            body = error_body(f"hostnic failed to process the request "
-                              f"({getattr(reason.type, '__name__', 'error')}); see the hostnic log")
-            if not self.startedWriting:
-                self.setResponseCode(500)
-                self.setHeader(b"Content-Type", b"application/json")
-                self.setHeader(b"Content-Length", b"%d" % len(body))
-                self.write(body)
-            self.finish()
-            return reason
 
-    site = server.Site(resource)
-    site.requestFactory = JSONRequest
-    return site
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, allow_nan=False).encode()
+
+
+def driver_refusal(status: int, message: str) -> bytes:
+    return dumps({"Err": capped(message)})
+
+
+def jsonrpc_refusal(status: int, message: str) -> bytes:
+    code = -32603 if status >= 500 else -32600
+    kind = "Internal error" if status >= 500 else "Invalid Request"
+    return dumps({"jsonrpc": "2.0", "id": None,
+                  "error": {"code": code, "message": capped(f"{kind}: {message}")}})
+
+
+@attrs.frozen
+class Limits:
+    max_body: int = 1 << 20  # dockerd's requests are a few KiB
+    max_connections: int = 256
+    request_seconds: float = 30.0
+
+
+class GuardedRequest(server.Request):
+    refused = False
+
+    def getRequestHostname(self) -> bytes:
+        # HTTP/1.0 without Host over a unix socket: Twisted would look up
+        # UNIXAddress.host and fail before any route runs.
+        try:
+            hostname: bytes = super().getRequestHostname()
+            return hostname
+        except AttributeError:
+            return b"localhost"
+
+    def gotLength(self, length: int | None) -> None:
+        self.content = io.BytesIO()  # never a temp file: bodies are bounded
+        self._received = 0
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.refused:
+            return
+        self._received += len(data)
+        channel: Any = self.channel
+        limit = channel.site.limits.max_body
+        if self._received > limit:
+            channel.refuse(self, 413, f"the request body is larger than {limit} bytes")
+            return
+        assert self.content is not None
+        self.content.write(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self.refused:
+            return  # answered already; the connection is closing
+        super().requestReceived(command, path, version)
+
+    def processingFailed(self, reason: Failure) -> Any:
+        log.failure("request {path} failed", reason, path=self.path)
+        channel: Any = self.channel
+        site: GuardedSite = channel.site
+        body = site.refusal(500, f"hostnic failed to process the request "
+                                 f"({getattr(reason.type, '__name__', 'error')}); "
+                                 f"see the hostnic log")
+        if not self.startedWriting:
+            self.setResponseCode(500)
+            self.setHeader(b"Content-Type", b"application/json")
+            self.setHeader(b"Content-Length", b"%d" % len(body))
+            self.write(body)
+        self.finish()
+        return reason
+
+
+class GuardedChannel(http.HTTPChannel):
+    site: "GuardedSite"
+    transport: Any
+    _deadline: Any = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.site.open_connections += 1
+        self._start_deadline()
+
+    def _start_deadline(self) -> None:
+        self._stop_deadline()
+        self._deadline = self.callLater(self.site.limits.request_seconds, self._too_slow)
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        self.site.note("dropped", "a client that sent no complete request in "
+                       f"{self.site.limits.request_seconds:g}s")
+        self.transport.abortConnection()
+
+    def allHeadersReceived(self) -> None:
+        request = self.requests[-1]
+        limit = self.site.limits.max_body
+        if self.site.authorize is not None and not self.site.authorize(request):
+            self.refuse(request, 401, "this admin endpoint needs Authorization: Bearer <token>")
+        elif self.length is not None and self.length > limit:
+            self.refuse(request, 413, f"the request body is larger than {limit} bytes")
+        else:
+            super().allHeadersReceived()
+
+    def refuse(self, request: GuardedRequest, status: int, message: str) -> None:
+        """Answer now and close, reading nothing more of this request."""
+        request.refused = True
+        self._stop_deadline()
+        self.site.note(str(status), message)
+        body = self.site.refusal(status, message)
+        head = [f"HTTP/1.1 {status} {http.RESPONSES.get(status, b'Error').decode()}",
+                "Content-Type: application/json", f"Content-Length: {len(body)}",
+                "Connection: close"]
+        if status == 401:
+            head.append('WWW-Authenticate: Bearer realm="hostnic"')
+        self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        self.transport.loseConnection()
+
+    def allContentReceived(self) -> None:
+        self._stop_deadline()  # the handler's own time is not the client's
+        super().allContentReceived()
+
+    def requestDone(self, request: IRequest) -> None:
+        super().requestDone(request)
+        if self.persistent and self.transport is not None and not self.transport.disconnecting:
+            self._start_deadline()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stop_deadline()
+        self.site.open_connections -= 1
+        super().connectionLost(reason)
+
+
+class GuardedSite(server.Site):
+    protocol = GuardedChannel  # type: ignore[assignment]  # no HTTP/2 here
+    requestFactory = GuardedRequest
+
+    def __init__(self, resource: IResource, refusal: Refusal, limits: Limits = Limits(),
+                 authorize: Callable[[IRequest], bool] | None = None,
+                 reactor: Any = None) -> None:
+        super().__init__(resource, timeout=limits.request_seconds, reactor=reactor)
+        self.refusal = refusal
+        self.limits = limits
+        self.authorize = authorize
+        self.open_connections = 0
+        self.refused: dict[str, int] = {}
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if self.open_connections >= self.limits.max_connections:
+            self.note("connections", f"{self.open_connections} connections are open, "
+                                     f"the most this endpoint serves")
+            return None  # the port closes the new connection at once
+        return super().buildProtocol(addr)
+
+    def note(self, kind: str, what: str) -> None:
+        """Count a refusal; log the first of each kind and then every 100th
+        (a flood of them must not flood the log)."""
+        count = self.refused[kind] = self.refused.get(kind, 0) + 1
+        if count == 1 or count % 100 == 0:
+            log.warn("refused {what} ({count} so far)", what=what, count=count)
+
+    def log(self, request: Any) -> None:
+        pass  # the APIs log each call once, with its outcome
+
+
+def json_site(resource: IResource, refusal: Refusal, limits: Limits = Limits(),
+              authorize: Callable[[IRequest], bool] | None = None) -> GuardedSite:
+    return GuardedSite(resource, refusal, limits, authorize)

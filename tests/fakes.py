@@ -1,13 +1,22 @@
-"""Faithful in-memory stand-ins for the host namespace, for unit tests.
+"""Faithful in-memory stand-ins for the host namespace and the disk, for unit
+tests.
 
-``FakeNamespace`` models what the core relies on from the kernel: unique
-names per namespace, renames refused onto a taken name, a namespace move that
-flushes addresses and leaves the link down (as dockerd returns it), and the
-kernel's return of a physical NIC under its in-container name.
+``FakeHost`` models what the core relies on from the kernel, step by step as
+``hostnic.netlink`` drives it: unique names per namespace; a rename is "set
+down" then "rename", so a rename that fails leaves the link down; a namespace
+move flushes addresses and leaves the link down (as dockerd returns it); the
+kernel returns a physical NIC under its in-container name (or ``dev<N>``);
+every change of a host link is a link event. Every call can be made to wait
+(``pause``) so tests choose the interleaving, and can be made to fail.
+
+``FaultyFileSystem`` is ``os`` for the store, with short writes, a full disk
+and crashes between any two steps.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 from typing import Any, Callable
 
@@ -15,9 +24,10 @@ import attrs
 from twisted.internet.defer import Deferred, maybeDeferred
 
 from hostnic.errors import HostError
-from hostnic.host import RestoreOutcome
 from hostnic.linkwatch import IFF_LOOPBACK, IFF_UP, LinkInfo
-from hostnic.model import Address, NicState
+from hostnic.model import Address, NicRef, NicState
+
+V4 = socket.AF_INET
 
 
 def run_now(f: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
@@ -36,10 +46,17 @@ class FakeLink:
     loopback: bool = False
     addresses: list[Address] = attrs.field(factory=list)
     where: str = "host"  # "host" or a sandbox key
+    perm: str | None = None
 
     def info(self) -> LinkInfo:
         flags = (IFF_UP if self.up else 0) | (IFF_LOOPBACK if self.loopback else 0)
-        return LinkInfo(self.index, self.name, self.mac, self.mtu, flags, self.kind)
+        return LinkInfo(self.index, self.name, self.mac, self.mtu, flags, self.kind, self.perm)
+
+    def state(self) -> NicState:
+        return NicState(self.name, self.mac, self.mtu, self.up, tuple(self.addresses))
+
+
+Pause = Callable[[str, Any], "Deferred[None] | None"]
 
 
 @attrs.define
@@ -48,7 +65,10 @@ class FakeHost:
 
     links: dict[int, FakeLink] = attrs.field(factory=dict)
     default_route_indexes: set[int] = attrs.field(factory=set)
-    gate: "Deferred[None] | None" = None  # when set, host calls wait on it
+    gate: "Deferred[None] | None" = None  # when set, every host call waits on it
+    pause: Pause | None = None  # called at each step; a Deferred returned is waited for
+    before_change: Callable[[FakeLink, str], None] | None = None  # invariant checks
+    fail: dict[str, Exception] = attrs.field(factory=dict)  # step -> error, once
     live_namespaces: set[str] = attrs.field(factory=set)
     pci: dict[str, str] = attrs.field(factory=dict)
     calls: list[tuple[str, Any]] = attrs.field(factory=list)
@@ -66,6 +86,9 @@ class FakeHost:
     def by_mac(self, mac: str) -> FakeLink:
         return next(link for link in self.links.values() if link.mac == mac)
 
+    def home(self) -> list[FakeLink]:
+        return [link for link in self.links.values() if link.where == "host"]
+
     def _host_name_taken(self, name: str, but: int) -> bool:
         return any(l.name == name and l.where == "host" and l.index != but
                    for l in self.links.values())
@@ -76,98 +99,194 @@ class FakeHost:
         taken = {l.name for l in self.links.values() if l.where == sandbox}
         if name in taken:
             raise OSError(17, "File exists")
-        link.where, link.up, link.addresses = sandbox, True, [Address(2, address, 24)]
+        link.where, link.up, link.addresses = sandbox, True, [Address(V4, address, 24)]
         self.live_namespaces.add(sandbox)
         link.name = next(f"eth{i}" for i in range(100) if f"eth{i}" not in taken)
         return link
 
-    def dockerd_moves_back(self, mac: str, src_name: str) -> None:
+    def dockerd_moves_back(self, nic: str | FakeLink, src_name: str) -> None:
         """What dockerd does after Leave: down, rename to SrcName, move home."""
-        link = self.by_mac(mac)
+        link = nic if isinstance(nic, FakeLink) else self.by_mac(nic)
         link.up, link.name, link.where, link.addresses = False, src_name, "host", []
-        self._appeared(link)
+        self._event(link)
 
-    def kernel_returns(self, mac: str) -> None:
+    def kernel_returns(self, mac: str) -> FakeLink:
         """A dying namespace hands a physical NIC back under its inner name."""
         link = self.by_mac(mac)
+        self.live_namespaces.discard(link.where)
         name = link.name if not self._host_name_taken(link.name, link.index) \
             else f"dev{link.index}"
         link.up, link.name, link.where, link.addresses = False, name, "host", []
-        self._appeared(link)
+        self._event(link)
+        return link
 
-    def _appeared(self, link: FakeLink) -> None:
-        for callback in self._callbacks:
-            callback(link.info())
+    def detach(self) -> None:
+        """The process that listened for link events is gone."""
+        self._callbacks.clear()
 
-    async def _wait(self, call: str, arg: Any) -> None:
+    def _event(self, link: FakeLink) -> None:
+        if link.where == "host":
+            for callback in list(self._callbacks):
+                callback(link.info())
+
+    async def _step(self, call: str, arg: Any) -> None:
         self.calls.append((call, arg))
+        if self.pause is not None:
+            waiting = self.pause(call, arg)
+            if waiting is not None:
+                await waiting
         if self.gate is not None:
             await self.gate
+        error = self.fail.pop(call, None)
+        if error is not None:
+            raise error
+
+    def _change(self, link: FakeLink, what: str) -> None:
+        if self.before_change is not None:
+            self.before_change(link, what)
+
+    def _home_link(self, index: int) -> FakeLink:
+        link = self.links.get(index)
+        if link is None or link.where != "host":
+            raise HostError(f"interface {index} vanished from the host")
+        return link
 
     # -- HostPort ---------------------------------------------------------
 
     def on_link_appeared(self, callback: Callable[[LinkInfo], None]) -> None:
         self._callbacks.append(callback)
 
-    def known_links(self, mac: str) -> list[LinkInfo]:
-        return [l.info() for l in self.links.values() if l.mac == mac and l.where == "host"]
+    def known(self, nic: NicRef) -> list[LinkInfo]:
+        return [l.info() for l in self.home() if nic.matches(l.mac, l.perm)]
 
-    async def locate(self, mac: str, name: str | None = None) -> LinkInfo | None:
-        await self._wait("locate", mac)
-        found = self.known_links(mac)
-        return found[0] if found else None
+    async def locate(self, nic: NicRef, transit_name: str | None = None) -> LinkInfo | None:
+        await self._step("locate", nic.mac)
+        found = [l for l in self.home() if l.name == transit_name] if transit_name else []
+        found = found or [l for l in self.home() if nic.matches(l.mac, l.perm)]
+        answer = found[0].info() if found else None
+        await self._step("locate.answered", nic.mac)  # the answer may be stale by now
+        return answer
 
     async def locate_name(self, name: str) -> LinkInfo | None:
-        await self._wait("locate_name", name)
-        return next((l.info() for l in self.links.values()
-                     if l.name == name and l.where == "host"), None)
+        await self._step("locate_name", name)
+        return next((l.info() for l in self.home() if l.name == name), None)
+
+    async def carries_default_route(self, index: int) -> bool:
+        await self._step("carries_default_route", index)
+        return index in self.default_route_indexes
 
     async def default_route_links(self) -> set[int]:
-        await self._wait("default_route_links", None)
+        await self._step("default_route_links", None)
         return set(self.default_route_indexes)
 
     async def read_state(self, index: int) -> NicState:
-        await self._wait("read_state", index)
-        link = self.links[index]
-        return NicState(link.name, link.mac, link.mtu, link.up, tuple(link.addresses))
+        await self._step("read_state", index)
+        return self._home_link(index).state()
 
     async def rename(self, index: int, name: str) -> None:
-        await self._wait("rename", (index, name))
-        link = self.links[index]
+        # As netlink.rename: down first (the kernel refuses to rename an up
+        # link), then the rename; if that fails the link stays down.
+        await self._step("rename.down", (index, name))
+        link = self._home_link(index)
+        self._change(link, "down")
+        link.up = False
+        self._event(link)
+        await self._step("rename", (index, name))
+        link = self._home_link(index)
         if self._host_name_taken(name, index):
             raise HostError(f"could not rename interface {index} to {name}: File exists")
-        link.up, link.name = False, name
+        self._change(link, "rename")
+        link.name = name
+        self._event(link)
+
+    async def restore(self, index: int, original: NicState) -> tuple[str, ...]:
+        # As netlink.restore: each step on its own; a step that fails is reported.
+        await self._step("restore", index)
+        link = self._home_link(index)
+        self._change(link, "restore")
+        problems = []
+        if link.name != original.name:
+            link.up = False
+            if self._host_name_taken(original.name, index):
+                problems.append(f"name {original.name}: File exists")
+            else:
+                link.name = original.name
+        link.mtu = original.mtu
+        if original.mac:
+            link.mac = original.mac
+        for address in original.addresses:
+            if address not in link.addresses:
+                link.addresses.append(address)
+        link.up = original.up
+        self._event(link)
+        return tuple(problems)
 
     def all_links(self) -> list[LinkInfo]:
-        return [l.info() for l in sorted(self.links.values(), key=lambda l: l.index)
-                if l.where == "host"]
+        return [l.info() for l in sorted(self.home(), key=lambda l: l.index)]
 
     async def addresses(self) -> dict[int, list[Address]]:
-        await self._wait("addresses", None)
-        return {l.index: list(l.addresses) for l in self.links.values() if l.where == "host"}
+        await self._step("addresses", None)
+        return {l.index: list(l.addresses) for l in self.home()}
 
     async def pci_addresses(self, names: list[str]) -> dict[str, str | None]:
         return {name: self.pci.get(name) for name in names}
 
     async def namespace_exists(self, path: str) -> bool:
+        await self._step("namespace_exists", path)
         return path in self.live_namespaces
 
-    async def restore(self, mac: str, original: NicState, transit_name: str) -> RestoreOutcome:
-        await self._wait("restore", mac)
-        found = [l for l in self.links.values() if l.mac == mac and l.where == "host"]
-        if not found:
-            return RestoreOutcome(found=False)
-        link, problems = found[0], []
-        was = link.name
-        if self._host_name_taken(original.name, link.index):
-            problems.append(f"name {original.name}: File exists")
-        else:
-            link.name = original.name
-        link.mtu, link.mac, link.up = original.mtu, original.mac, original.up
-        for address in original.addresses:
-            if address not in link.addresses:
-                link.addresses.append(address)
-        return RestoreOutcome(found=True, name=was, problems=tuple(problems))
+
+class Crash(BaseException):
+    """The process died here (BaseException: no ``except Exception`` stops it)."""
 
 
-V4 = socket.AF_INET
+@attrs.define
+class FaultyFileSystem:
+    """``os`` for the store's writes, with faults on demand:
+
+    - ``space``: bytes the disk still takes (a write past it is cut short,
+      the next one fails with ENOSPC, as on a full filesystem);
+    - ``crash_at``: a step name (``write``, ``fsync``, ``replace``,
+      ``dir_fsync``) before which the process "dies" (raises ``Crash``).
+    """
+
+    space: int | None = None
+    crash_at: str | None = None
+    steps: list[str] = attrs.field(factory=list)
+    _replaced: bool = False
+
+    def _step(self, name: str) -> None:
+        self.steps.append(name)
+        if self.crash_at == name:
+            raise Crash(name)
+
+    def open(self, path: str, flags: int, mode: int = 0o777) -> int:
+        if flags & os.O_CREAT:
+            self._replaced = False  # a new save begins
+        return os.open(path, flags, mode)
+
+    def write(self, fd: int, data: bytes | memoryview) -> int:
+        self._step("write")
+        if self.space is not None:
+            if self.space <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            data = data[:self.space]
+        written = os.write(fd, data)
+        if self.space is not None:
+            self.space -= written
+        return written
+
+    def fsync(self, fd: int) -> None:
+        self._step("dir_fsync" if self._replaced else "fsync")
+        os.fsync(fd)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def replace(self, source: str, target: str) -> None:
+        self._step("replace")
+        os.replace(source, target)
+        self._replaced = True
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)

@@ -7,12 +7,15 @@ import os
 from typing import Any, Coroutine, TypeVar
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from hostnic.core import Core
+from hostnic.core import Core, EndpointCreated, Lent
+from hostnic.model import State
 from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join
+from hostnic.statefile import decode
 from hostnic.store import StateStore
-from tests.fakes import FakeHost, run_now
+from tests.fakes import FakeHost, FakeLink, run_now
 
 T = TypeVar("T")
 NET = "n" * 63 + "1"
@@ -21,6 +24,7 @@ EP = "e" * 63 + "1"
 EP2 = "e" * 63 + "2"
 EP3 = "e" * 63 + "3"
 MAC1, MAC2, MAC3 = "52:54:00:e1:d9:e1", "52:54:00:e1:d9:e2", "52:54:00:e1:d9:e3"
+SANDBOX = "/var/run/docker/netns/abc"
 
 
 def network_body(network_id: str = NET, **generic: str) -> dict[str, Any]:
@@ -38,16 +42,26 @@ def endpoint_body(endpoint_id: str = EP, network_id: str = NET, mac: str = "",
                           "MacAddress": mac}, "Options": options}
 
 
+def join_body(endpoint_id: str = EP, network_id: str = NET,
+              sandbox: str = SANDBOX) -> dict[str, Any]:
+    return {"NetworkID": network_id, "EndpointID": endpoint_id, "SandboxKey": sandbox}
+
+
 class CoreTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.host = FakeHost()
+        self.host.live_namespaces.add(SANDBOX)
+        self.reactor = Clock()
         self.state_dir = self.mktemp()
         self.store = StateStore(self.state_dir, run_now)
         self.core = self.new_core()
 
-    def new_core(self) -> Core:
-        core = Core(host=self.host, store=self.store, state=self.store.load(),
-                    clock=lambda: 1000.0)
+    def new_core(self, store: StateStore | None = None) -> Core:
+        """A core as after a restart: state from disk, the same host."""
+        store = store or self.store
+        self.host.detach()  # the previous process is gone
+        core = Core(host=self.host, store=store, state=store.load(), clock=lambda: 1000.0,
+                    reactor=self.reactor)
         self.call(core.start())
         return core
 
@@ -63,19 +77,39 @@ class CoreTestCase(SynchronousTestCase):
             loaded: dict[str, Any] = json.load(f)
         return loaded
 
+    def durable(self) -> State:
+        """The state as a restart would find it."""
+        try:
+            with open(os.path.join(self.state_dir, "state.json"), "rb") as f:
+                return decode(f.read())
+        except FileNotFoundError:
+            return State()
+
+    def watch_record_before_touch(self) -> list[str]:
+        """Collect every change to a pooled NIC made while the disk holds no
+        record of its original state (the write-ahead rule)."""
+        violations: list[str] = []
+
+        def check(link: FakeLink, what: str) -> None:
+            state = self.durable()
+            claim = state.claim_of_link(link.mac, link.perm, link.name)
+            if claim is None or claim.original is None:
+                violations.append(f"{what} of {link.mac} ({link.name}) with no durable record")
+
+        self.host.before_change = check
+        return violations
+
     # shorthand for driver-shaped calls into the core
     def create_network(self, network_id: str = NET, **generic: str) -> None:
         self.call(self.core.create_network(CreateNetwork.parse(network_body(network_id, **generic))))
 
     def create_endpoint(self, endpoint_id: str = EP, network_id: str = NET, mac: str = "",
-                        **options: str) -> dict[str, str]:
+                        **options: str) -> EndpointCreated:
         return self.call(self.core.create_endpoint(CreateEndpoint.parse(
             endpoint_body(endpoint_id, network_id, mac, **options))))
 
-    def join(self, endpoint_id: str = EP, network_id: str = NET) -> dict[str, Any]:
-        return self.call(self.core.join(Join.parse(
-            {"NetworkID": network_id, "EndpointID": endpoint_id,
-             "SandboxKey": "/var/run/docker/netns/abc"})))
+    def join(self, endpoint_id: str = EP, network_id: str = NET) -> Lent:
+        return self.call(self.core.join(Join.parse(join_body(endpoint_id, network_id))))
 
     def leave(self, endpoint_id: str = EP, network_id: str = NET) -> None:
         self.call(self.core.leave(EndpointRef(network_id, endpoint_id)))

@@ -31,7 +31,7 @@ class AdminTestCase(CoreTestCase):
         self.host.pci["ens4"] = "0000:00:04.0"
         self.create_network(hostnic_mac=f"{MAC1},{MAC2}")
         self.create_endpoint(EP)
-        src = self.join(EP)["InterfaceName"]["SrcName"]
+        src = self.join(EP).src_name
         self.host.dockerd_moves_in(src, SANDBOX, "192.168.7.10")
         self.clock = [5000.0]
         self.admin = AdminAPI(self.core, ServiceInfo(pid=42, started_at=4000.0, state_dir="/s",
@@ -76,8 +76,9 @@ class MethodTests(AdminTestCase):
 
     def test_networks(self) -> None:
         [network] = self.result("networks.list")
-        self.assertEqual(network["pool"], [{"mac": MAC1, "name": None, "endpoint": EP},
-                                           {"mac": MAC2, "name": "ens5", "endpoint": None}])
+        self.assertEqual(network["pool"], [
+            {"mac": MAC1, "perm_mac": None, "name": None, "endpoint": EP},
+            {"mac": MAC2, "perm_mac": None, "name": "ens5", "endpoint": None}])
         self.assertEqual((network["gateway4"], network["subnets"]), ("192.168.7.1", ["192.168.7.0/24"]))
         self.assertEqual(self.result("networks.get", {"id": NET[:12]}), network)
         self.assertEqual(self.result("networks.get", [NET]), network)

@@ -8,8 +8,9 @@ from twisted.logger import globalLogPublisher
 from hostnic.errors import HostnicError, PoolExhausted, StoreError
 from hostnic.model import Address, Phase
 from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join
-from tests.helpers import (EP, EP2, EP3, MAC1, MAC2, MAC3, NET, NET2, CoreTestCase,
-                           endpoint_body, network_body)
+from tests.sched import Scheduler, gated_store
+from tests.helpers import (EP, EP2, EP3, MAC1, MAC2, MAC3, NET, NET2, SANDBOX, CoreTestCase,
+                           endpoint_body, join_body, network_body)
 
 
 class CreateNetworkTests(CoreTestCase):
@@ -21,9 +22,9 @@ class CreateNetworkTests(CoreTestCase):
     def test_pool_from_macs_and_names(self) -> None:
         self.create_network(hostnic_mac="52-54-00-E1-D9-E1", hostnic_name="ens5")
         network = self.core.state.networks[NET]
-        self.assertEqual(network.pool, (MAC1, MAC2))
+        self.assertEqual(network.macs, [MAC1, MAC2])
         self.assertEqual(network.gateway4, "192.168.7.1")
-        self.assertEqual(self.on_disk()["networks"][0]["pool"], [MAC1, MAC2])
+        self.assertEqual([n["mac"] for n in self.on_disk()["networks"][0]["pool"]], [MAC1, MAC2])
 
     def test_same_nic_in_another_notation_is_refused(self) -> None:
         self.create_network(hostnic_mac=MAC1)
@@ -110,8 +111,8 @@ class EndpointTests(CoreTestCase):
         self.create_network(hostnic_mac=f"{MAC1},{MAC2}")
 
     def test_pool_serves_one_container_per_nic_then_refuses(self) -> None:
-        self.assertEqual(self.create_endpoint(EP), {"MacAddress": MAC1})
-        self.assertEqual(self.create_endpoint(EP2), {"MacAddress": MAC2})
+        self.assertEqual(self.create_endpoint(EP).mac, MAC1)
+        self.assertEqual(self.create_endpoint(EP2).mac, MAC2)
         message = self.refused(self.core.create_endpoint(
             CreateEndpoint.parse(endpoint_body(EP3))), PoolExhausted)
         self.assertEqual(message, f"network {NET[:12]} has 2 NICs, all in use; add NICs "
@@ -119,10 +120,10 @@ class EndpointTests(CoreTestCase):
         self.assertEqual(sorted(self.core.state.claims), [EP, EP2])
 
     def test_pinning_by_option_and_by_mac_address(self) -> None:
-        self.assertEqual(self.create_endpoint(EP, hostnic_mac="52:54:00:E1:D9:E2"),
-                         {"MacAddress": MAC2})
-        # --mac-address already fills the field: never return it again.
-        self.assertEqual(self.create_endpoint(EP2, mac=MAC1), {})
+        created = self.create_endpoint(EP, hostnic_mac="52:54:00:E1:D9:E2")
+        self.assertEqual((created.mac, created.mac_given), (MAC2, False))
+        # --mac-address already fills the field: the driver must not return it again.
+        self.assertTrue(self.create_endpoint(EP2, mac=MAC1).mac_given)
         self.assertEqual(self.core.state.claims[EP2].mac, MAC1)
 
     def test_pinning_refusals(self) -> None:
@@ -139,41 +140,53 @@ class EndpointTests(CoreTestCase):
 
     def test_racing_for_the_last_nic_exactly_one_wins(self) -> None:
         self.create_endpoint(EP)
-        results = [Deferred.fromCoroutine(self.core.create_endpoint(
-            CreateEndpoint.parse(endpoint_body(e)))) for e in (EP2, EP3)]
-        outcomes = []
-        for d in results:
-            d.addBoth(outcomes.append)
-        self.assertEqual(len(outcomes), 2)
-        self.assertEqual(sum(1 for o in outcomes if o == {"MacAddress": MAC2}), 1)
-        self.assertEqual(sum(1 for o in outcomes if hasattr(o, "check")
-                             and o.check(PoolExhausted)), 1)
+        # Every host call and every store write is a point where a call waits
+        # for the scheduler: the two creates really interleave, in 40 orders.
+        for seed in range(40):
+            scheduler = Scheduler()
+            self.host.pause = scheduler.point
+            self.core.ledger.store = gated_store(self.state_dir, scheduler)
+            results = [Deferred.fromCoroutine(self.core.create_endpoint(
+                CreateEndpoint.parse(endpoint_body(e)))) for e in (EP2, EP3)]
+            scheduler.run_randomly(seed)
+            outcomes = []
+            for d in results:
+                d.addBoth(outcomes.append)
+            winners = [o for o in outcomes if not hasattr(o, "check")]
+            losers = [o for o in outcomes if hasattr(o, "check") and o.check(PoolExhausted)]
+            self.assertEqual(([w.mac for w in winners], len(losers)), ([MAC2], 1), seed)
+            self.assertEqual(sorted(c.mac for c in self.durable().claims.values()),
+                             [MAC1, MAC2], seed)
+            self.host.pause = None
+            self.core.ledger.store = self.store
+            winner = next(e for e in (EP2, EP3) if e in self.core.state.claims)
+            self.delete_endpoint(winner)
 
     def test_free_nics_missing_from_host_are_skipped(self) -> None:
         self.nic1.where = "elsewhere"
-        self.assertEqual(self.create_endpoint(EP), {"MacAddress": MAC2})
+        self.assertEqual(self.create_endpoint(EP).mac, MAC2)
 
     def test_join_records_state_before_lending_and_answers(self) -> None:
         self.create_endpoint(EP)
+        violations = self.watch_record_before_touch()
         answer = self.join(EP)
         transit = "hn" + EP[:13]
-        self.assertEqual(answer, {
-            "InterfaceName": {"SrcName": transit, "DstPrefix": "eth"},
-            "DisableGatewayService": True, "Gateway": "192.168.7.1"})
+        self.assertEqual((answer.src_name, answer.gateway4, answer.gateway6),
+                         (transit, "192.168.7.1", None))
         self.assertEqual(self.nic1.name, transit)
         claim = self.on_disk()["claims"][0]
         self.assertEqual(claim["phase"], "joined")
         self.assertEqual(claim["original"], {
             "name": "ens4", "mac": MAC1, "mtu": 9000, "up": True,
             "addresses": [{"family": 2, "address": "10.1.1.5", "prefixlen": 24}]})
-        # The record was saved before the NIC was touched.
-        names = [c for c, _ in self.host.calls]
-        self.assertLess(names.index("read_state"), names.index("rename"))
+        # The disk held the record at every change the lend made to the NIC.
+        self.assertEqual(violations, [])
+        self.assertIn(("rename", (self.nic1.index, transit)), self.host.calls)
 
     def test_transit_name_avoids_a_name_inside_the_container(self) -> None:
         self.nic1.name = "eth0"
         self.create_endpoint(EP)
-        src = self.join(EP)["InterfaceName"]["SrcName"]
+        src = self.join(EP).src_name
         # The sandbox already has an eth0 from another network.
         self.host.add("eth0", "02:00:00:00:00:aa", where="/run/netns/c1")
         moved = self.host.dockerd_moves_in(src, "/run/netns/c1", "192.168.7.10")
@@ -181,7 +194,7 @@ class EndpointTests(CoreTestCase):
 
     def test_full_lifecycle_gives_the_nic_back_as_it_was(self) -> None:
         self.create_endpoint(EP)
-        src = self.join(EP)["InterfaceName"]["SrcName"]
+        src = self.join(EP).src_name
         self.host.dockerd_moves_in(src, "/run/netns/c1", "192.168.7.10")
         self.leave(EP)
         self.assertEqual(self.core.state.claims[EP].phase, Phase.LEFT)
@@ -191,12 +204,12 @@ class EndpointTests(CoreTestCase):
                          ("ens4", 9000, True, [Address(2, "10.1.1.5", 24)]))
         self.assertEqual(self.core.state.claims, {})
         self.assertEqual(self.on_disk()["claims"], [])
-        self.assertEqual(self.create_endpoint(EP2), {"MacAddress": MAC1})
+        self.assertEqual(self.create_endpoint(EP2).mac, MAC1)
 
     def test_unknown_endpoint_calls(self) -> None:
         self.leave(EP3)
         self.delete_endpoint(EP3)
-        self.assertEqual(self.core.endpoint_info(EndpointRef(NET, EP3)), {})
+        self.assertIsNone(self.core.endpoint(EndpointRef(NET, EP3)))
         self.assertIn("holds no endpoint", self.refused(
             self.core.join(Join(EndpointRef(NET, EP3), None))))
 
@@ -208,7 +221,7 @@ class EndpointTests(CoreTestCase):
 
     def test_nic_away_at_delete_is_restored_when_it_comes_back(self) -> None:
         self.create_endpoint(EP)
-        src = self.join(EP)["InterfaceName"]["SrcName"]
+        src = self.join(EP).src_name
         self.host.dockerd_moves_in(src, "/run/netns/c1", "192.168.7.10")
         self.leave(EP)
         self.delete_endpoint(EP)  # dockerd failed to move it back
@@ -237,22 +250,34 @@ class RestartTests(CoreTestCase):
         self.nic1 = self.host.add("ens4", MAC1, up=True, addresses=[Address(2, "10.1.1.5", 24)])
         self.create_network(hostnic_mac=MAC1)
         self.create_endpoint(EP)
-        self.src = self.join(EP)["InterfaceName"]["SrcName"]
-        self.host.dockerd_moves_in(self.src, "/run/netns/c1", "192.168.7.10")
+        self.src = self.join(EP).src_name
+        self.host.dockerd_moves_in(self.src, SANDBOX, "192.168.7.10")
 
     def test_state_survives_a_restart(self) -> None:
         core = self.new_core()
         self.assertEqual(core.state, self.core.state)
 
-    def test_kernel_returned_nic_is_restored_at_start(self) -> None:
+    def test_kernel_returned_nic_is_restored_and_released_at_start(self) -> None:
         self.host.add("eth0", "02:00:00:00:00:bb")  # host already has an eth0
-        self.host.kernel_returns(MAC1)
+        self.host.detach()  # hostnic is down...
+        self.host.kernel_returns(MAC1)  # ...when the container's namespace goes
         self.assertEqual(self.nic1.name, f"dev{self.nic1.index}")
         core = self.new_core()
         self.assertEqual((self.nic1.name, self.nic1.up), ("ens4", True))
-        self.assertEqual(core.last_reconciliation["restored"], [MAC1])
+        self.assertEqual(core.last_reconciliation["released"], [MAC1])
+        # The container is gone, and with it dockerd's use of the NIC.
+        self.assertEqual(core.state.claims, {})
+
+    def test_kernel_returned_nic_is_restored_at_once_and_kept_for_dockerd(self) -> None:
+        self.host.kernel_returns(MAC1)  # a link event, while hostnic runs
+        self.assertEqual((self.nic1.name, self.nic1.up, self.nic1.addresses),
+                         ("ens4", True, [Address(2, "10.1.1.5", 24)]))
         # dockerd still owns the endpoint: the claim stays until it deletes it.
-        self.assertEqual(core.state.claims[EP].phase, Phase.JOINED)
+        self.assertEqual(self.core.state.claims[EP].phase, Phase.JOINED)
+        self.leave(EP)
+        self.delete_endpoint(EP)
+        self.assertEqual(self.core.state.claims, {})
+        self.assertEqual(self.nic1.name, "ens4")
 
     def test_left_endpoint_whose_delete_was_lost_is_released_at_start(self) -> None:
         self.leave(EP)
@@ -264,7 +289,7 @@ class RestartTests(CoreTestCase):
     def test_nic_still_in_container_is_left_alone(self) -> None:
         core = self.new_core()
         self.assertEqual(core.last_reconciliation["absent"], [MAC1])
-        self.assertEqual(self.nic1.where, "/run/netns/c1")
+        self.assertEqual(self.nic1.where, SANDBOX)
 
     def test_requests_wait_for_reconciliation(self) -> None:
         from hostnic.core import Core

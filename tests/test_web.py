@@ -1,15 +1,18 @@
-"""Raw HTTP into the Site: whatever breaks below the routes, the answer is JSON."""
+"""Raw HTTP into the guarded Site: answers are JSON whatever breaks, and a
+hostile client is refused before it costs memory, disk or descriptors."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from twisted.internet.address import UNIXAddress
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
-from hostnic.web import driver_error, json_site, jsonrpc_error
+from hostnic.web import GuardedSite, Limits, NotJSON, driver_refusal, jsonrpc_refusal, loads
 
 
 class Broken(Resource):
@@ -19,37 +22,130 @@ class Broken(Resource):
         raise RuntimeError("kaput")
 
 
-class Hello(Resource):
+class Echo(Resource):
+    """Answers with the size of the body it was given."""
+
     isLeaf = True
+    seen: list[int] = []
 
-    def render(self, request: object) -> bytes:
-        return b"{}"
-
-
-def exchange(resource: Resource, raw: bytes, error_body=driver_error) -> bytes:  # type: ignore[no-untyped-def]
-    site = json_site(resource, error_body)
-    protocol = site.buildProtocol(UNIXAddress(b"/peer"))
-    transport = StringTransport(hostAddress=UNIXAddress(b"/sock"), peerAddress=UNIXAddress(None))
-    protocol.makeConnection(transport)
-    protocol.dataReceived(raw)
-    return transport.value()
+    def render(self, request: Any) -> bytes:
+        body = request.content.read()
+        self.seen.append(len(body))
+        return json.dumps({"size": len(body)}).encode()
 
 
-class JSONSiteTests(SynchronousTestCase):
+class Client:
+    def __init__(self, site: GuardedSite) -> None:
+        self.protocol = site.buildProtocol(UNIXAddress(b"/peer"))
+        self.transport = StringTransport(hostAddress=UNIXAddress(b"/sock"),
+                                         peerAddress=UNIXAddress(None))
+        if self.protocol is not None:
+            self.protocol.makeConnection(self.transport)
+
+    def send(self, raw: bytes) -> None:
+        assert self.protocol is not None
+        self.protocol.dataReceived(raw)
+
+    def answer(self) -> tuple[int, Any]:
+        head, _, body = self.transport.value().partition(b"\r\n\r\n")
+        return int(head.split(b" ")[1]), json.loads(body) if body else None
+
+    def close(self) -> None:
+        if self.protocol is not None:
+            self.protocol.connectionLost(None)  # type: ignore[arg-type]
+
+
+class SiteTestCase(SynchronousTestCase):
+    def site(self, resource: Resource, refusal: Any = driver_refusal, **limits: Any) -> GuardedSite:
+        self.clock = Clock()
+        authorize = limits.pop("authorize", None)
+        return GuardedSite(resource, refusal, Limits(**limits), authorize=authorize,
+                           reactor=self.clock)
+
+
+class JSONSiteTests(SiteTestCase):
     def test_failure_below_the_routes_is_json(self) -> None:
-        out = exchange(Broken(), b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n")
-        head, _, body = out.partition(b"\r\n\r\n")
-        self.assertIn(b"500", head.split(b"\r\n")[0])
-        self.assertEqual(json.loads(body), {"Err": "hostnic failed to process the request "
-                                                   "(RuntimeError); see the hostnic log"})
+        client = Client(self.site(Broken()))
+        client.send(b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(client.answer(), (500, {"Err": "hostnic failed to process the request "
+                                                        "(RuntimeError); see the hostnic log"}))
         self.flushLoggedErrors(RuntimeError)
 
     def test_admin_failures_are_jsonrpc(self) -> None:
-        out = exchange(Broken(), b"POST /rpc HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
-                       jsonrpc_error)
-        self.assertEqual(json.loads(out.partition(b"\r\n\r\n")[2])["error"]["code"], -32603)
+        client = Client(self.site(Broken(), jsonrpc_refusal))
+        client.send(b"POST /rpc HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(client.answer()[1]["error"]["code"], -32603)
         self.flushLoggedErrors(RuntimeError)
 
     def test_http10_without_host_over_unix(self) -> None:
-        out = exchange(Hello(), b"POST /x HTTP/1.0\r\nContent-Length: 0\r\n\r\n")
-        self.assertTrue(out.startswith(b"HTTP/1.0 200 OK"), out)
+        client = Client(self.site(Echo()))
+        client.send(b"POST /x HTTP/1.0\r\nContent-Length: 2\r\n\r\n{}")
+        self.assertTrue(client.transport.value().startswith(b"HTTP/1.0 200 OK"))
+
+    def test_strict_json(self) -> None:
+        for raw, reason in ((b"[" * 50_000, "nested too deeply"), (b"NaN", "not JSON"),
+                            (b'{"id": Infinity}', "not JSON"), (b"\xff", "not JSON")):
+            self.assertIn(reason, str(self.assertRaises(NotJSON, loads, raw)))
+
+
+class LimitTests(SiteTestCase):
+    def test_an_announced_oversized_body_is_refused_before_it_is_read(self) -> None:
+        client = Client(self.site(Echo(), max_body=1000))
+        client.send(b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 100000000\r\n\r\n")
+        self.assertEqual(client.answer(), (413, {"Err": "the request body is larger than "
+                                                        "1000 bytes"}))
+        self.assertTrue(client.transport.disconnecting)
+        client.send(b"x" * 5000)  # whatever still arrives is not kept
+        self.assertEqual(client.protocol.requests[0].content, None)  # type: ignore[union-attr]
+
+    def test_a_chunked_body_is_cut_off_at_the_limit(self) -> None:
+        Echo.seen = []
+        client = Client(self.site(Echo(), max_body=1000))
+        client.send(b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(3):
+            client.send(b"200\r\n" + b"x" * 512 + b"\r\n")
+        self.assertEqual(client.answer()[0], 413)
+        self.assertEqual(Echo.seen, [])
+
+    def test_without_the_token_nothing_of_the_body_is_read(self) -> None:
+        site = self.site(Echo(), jsonrpc_refusal,
+                         authorize=lambda r: r.getHeader(b"authorization") == b"Bearer t")
+        client = Client(site)
+        client.send(b"POST /rpc HTTP/1.1\r\nHost: h\r\nContent-Length: 100000000\r\n"
+                    b"Expect: 100-continue\r\n\r\n")
+        code, body = client.answer()
+        self.assertEqual((code, body["error"]["code"]), (401, -32600))
+        self.assertNotIn(b"100 Continue", client.transport.value())
+        self.assertIn(b'WWW-Authenticate: Bearer realm="hostnic"', client.transport.value())
+        allowed = Client(site)
+        allowed.send(b"POST /rpc HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer t\r\n"
+                     b"Content-Length: 2\r\n\r\n{}")
+        self.assertEqual(allowed.answer(), (200, {"size": 2}))
+
+    def test_a_client_that_trickles_is_dropped(self) -> None:
+        client = Client(self.site(Echo(), request_seconds=10))
+        for _ in range(9):
+            client.send(b"P")
+            self.clock.advance(1)  # a byte a second keeps an idle timer happy...
+        self.assertFalse(client.transport.disconnecting)
+        self.clock.advance(1.5)  # ...but not the request deadline
+        self.assertTrue(client.transport.disconnected or client.transport.disconnecting)
+
+    def test_the_deadline_covers_the_client_not_the_handler(self) -> None:
+        client = Client(self.site(Echo(), request_seconds=10))
+        self.clock.advance(9)
+        client.send(b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}")
+        self.assertEqual(client.answer(), (200, {"size": 2}))
+        # A kept-alive connection gets a new deadline for its next request.
+        self.clock.advance(9)
+        self.assertFalse(client.transport.disconnecting)
+        self.clock.advance(2)
+        self.assertTrue(client.transport.disconnected or client.transport.disconnecting)
+
+    def test_connections_past_the_cap_are_closed_at_once(self) -> None:
+        site = self.site(Echo(), max_connections=3)
+        clients = [Client(site) for _ in range(3)]
+        self.assertIsNone(site.buildProtocol(UNIXAddress(b"/peer")))
+        clients[0].close()
+        self.assertIsNotNone(Client(site).protocol)
+        self.assertEqual(site.refused["connections"], 1)

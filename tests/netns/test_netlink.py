@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred
 from hostnic import netlink
 from hostnic.host import NetlinkHost
 from hostnic.linkwatch import LinkMonitor, dump_links
-from hostnic.model import Address, NicState
+from hostnic.model import Address, NicRef, NicState
 from tests.fakes import run_now
 from tests.netns.nsutil import FakeReactor, NetnsTestCase, ip
 
@@ -42,7 +42,7 @@ class NetlinkTests(NetnsTestCase):
         ip("-n", self.sandbox, "link", "set", "eth0", "down")
         ip("-n", self.sandbox, "link", "set", "eth0", "name", "hntransit")
         ip("-n", self.sandbox, "link", "set", "hntransit", "netns", self.ns)
-        back = netlink.find_by_mac(mac, name="hntransit")
+        back = netlink.find_nic(NicRef(mac), name="hntransit")
         assert back is not None
         self.assertFalse(back.up)
         self.assertEqual(netlink.restore(back.index, original), [])
@@ -70,10 +70,47 @@ class NetlinkTests(NetnsTestCase):
         assert link is not None
         self.assertEqual(netlink.default_route_ifindexes(), {link.index})
 
+    def test_default_route_of_one_link_any_table_either_family(self) -> None:
+        self.veth("mgmt0")
+        self.veth("ten0")
+        self.veth("ten1")
+        for dev, prefix in (("mgmt0", "10.7.0"), ("ten0", "10.8.0"), ("ten1", "10.9.0")):
+            ip("-n", self.ns, "addr", "add", f"{prefix}.2/24", "dev", dev)
+            ip("-n", self.ns, "link", "set", dev, "up")
+        ip("-n", self.ns, "-6", "addr", "add", "fd09::2/64", "dev", "ten1", "nodad")
+        ip("-n", self.ns, "route", "add", "default", "via", "10.7.0.1")
+        ip("-n", self.ns, "route", "add", "default", "via", "10.8.0.1", "table", "100")
+        ip("-n", self.ns, "-6", "route", "add", "default", "via", "fd09::1", "dev", "ten1")
+        ip("-n", self.ns, "route", "add", "10.50.0.0/16", "via", "10.9.0.1")
+        index = {name: netlink.get_link(name=name).index  # type: ignore[union-attr]
+                 for name in ("mgmt0", "ten0", "ten1")}
+        self.assertTrue(netlink.carries_default_route(index["mgmt0"]))
+        self.assertTrue(netlink.carries_default_route(index["ten0"]))  # a policy table
+        self.assertTrue(netlink.carries_default_route(index["ten1"]))  # IPv6 only
+        ip("-n", self.ns, "-6", "route", "del", "default", "via", "fd09::1", "dev", "ten1")
+        self.assertFalse(netlink.carries_default_route(index["ten1"]))  # other routes only
+
+    def test_a_nic_whose_mac_changed_while_lent_is_found_by_its_transit_name(self) -> None:
+        mac = self.veth("ens9")
+        ip("-n", self.ns, "link", "set", "ens9", "up")
+        link = netlink.get_link(name="ens9")
+        assert link is not None
+        original = netlink.read_state(link.index)
+        netlink.rename(link.index, "hntransit")
+        ip("-n", self.ns, "link", "set", "hntransit", "netns", self.sandbox)
+        ip("-n", self.sandbox, "link", "set", "hntransit", "address", "02:aa:bb:cc:dd:ee")
+        ip("-n", self.sandbox, "link", "set", "hntransit", "netns", self.ns)
+        self.assertIsNone(netlink.find_nic(NicRef(mac)))  # not by its MAC any more
+        back = netlink.find_nic(NicRef(mac), name="hntransit")
+        assert back is not None
+        self.assertEqual(netlink.restore(back.index, original), [])
+        shown = json.loads(ip("-n", self.ns, "-j", "link", "show", "dev", "ens9"))[0]
+        self.assertEqual((shown["address"], "UP" in shown["flags"]), (mac, True))
+
     def test_absent_links(self) -> None:
         self.assertIsNone(netlink.get_link(name="nope0"))
         self.assertIsNone(netlink.get_link(index=99999))
-        self.assertIsNone(netlink.find_by_mac("02:00:00:00:00:77"))
+        self.assertIsNone(netlink.find_nic(NicRef("02:00:00:00:00:77")))
 
 
 class InventoryTests(NetnsTestCase):
@@ -144,11 +181,39 @@ class InventoryTests(NetnsTestCase):
         real_dump = netlink.dump_links
         netlink.dump_links = lambda: dumps.append(1) or real_dump()  # type: ignore[assignment]
         self.addCleanup(setattr, netlink, "dump_links", real_dump)
-        found = self.successResultOf(Deferred.fromCoroutine(host.locate(mac)))
+        found = self.successResultOf(Deferred.fromCoroutine(host.locate(NicRef(mac))))
         assert found is not None
         self.assertEqual(found.name, "ens9")
-        absent = self.successResultOf(Deferred.fromCoroutine(host.locate("02:00:00:00:00:77")))
+        absent = self.successResultOf(Deferred.fromCoroutine(
+            host.locate(NicRef("02:00:00:00:00:77"))))
         self.assertIsNone(absent)
+        # Restoring a NIC that is not home (still in its container) looks for
+        # it by its transit name and MAC, and dumps nothing either.
+        ip("-n", self.ns, "link", "set", "ens9", "name", "hnaway")
+        ip("-n", self.ns, "link", "set", "hnaway", "netns", self.sandbox)
+        away = self.successResultOf(Deferred.fromCoroutine(
+            host.locate(NicRef(mac), transit_name="hnaway")))
+        self.assertIsNone(away)
         self.assertEqual(dumps, [])
-        link = self.successResultOf(Deferred.fromCoroutine(host.locate_name("ens9")))
-        self.assertEqual(link, found)
+        ip("-n", self.sandbox, "link", "set", "hnaway", "netns", self.ns)
+        link = self.successResultOf(Deferred.fromCoroutine(host.locate_name("hnaway")))
+        self.assertEqual(link.mac, mac)  # type: ignore[union-attr]
+
+    def test_a_broken_event_socket_heals_and_resyncs(self) -> None:
+        reactor = FakeReactor()
+        monitor = LinkMonitor(reactor, run_now)
+        self.successResultOf(monitor.start())
+        self.addCleanup(monitor.stop)
+        assert monitor._sock is not None
+        monitor._sock.close()  # the socket fails under the monitor
+        mac = self.veth("late0")  # an event the dead socket cannot deliver
+        monitor.doRead()
+        self.assertFalse(monitor.ready)
+        self.flushLoggedErrors()
+        host = NetlinkHost(monitor, run_now)
+        # Not current: a lookup confirms with the kernel rather than trust it.
+        found = self.successResultOf(Deferred.fromCoroutine(host.locate(NicRef(mac))))
+        self.assertEqual(found.name, "late0")  # type: ignore[union-attr]
+        reactor.advance(1)  # reopened and resynced
+        self.assertTrue(monitor.ready)
+        self.assertEqual(monitor.inventory.by_mac(mac)[0].name, "late0")

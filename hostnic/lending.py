@@ -1,0 +1,272 @@
+"""Lending one NIC to an endpoint and giving it back: the state machine of a
+claim against the host.
+
+Every method runs with the NIC's lock held by its caller (one serialisation
+point per NIC), and reads the claim afresh after each ``await``: while it
+waited, another path may have moved the claim on.
+
+Write-ahead: before the kernel is touched, the state says how to get the NIC
+back. The NIC's original state is durable before the rename that lends it;
+"dockerd deleted the endpoint" is durable before a restore that a crash may
+cut short. A failed step undoes itself: a rename that fails puts the NIC back
+as recorded, and the record is dropped only once that worked.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import attrs
+from twisted.logger import Logger
+
+from hostnic.calls import CallLog
+from hostnic.errors import HostnicError, NicUnavailable, StoreError, UnknownObject
+from hostnic.faults import crashpoint
+from hostnic.host import HostPort
+from hostnic.ledger import Ledger
+from hostnic.model import Claim, NicRef, Phase
+from hostnic.text import short
+
+
+@attrs.frozen
+class Released:
+    """What an operator's release did."""
+
+    mac: str
+    endpoint: str
+    found: bool
+    restored: bool
+    problems: tuple[str, ...] = ()
+
+
+@attrs.define(eq=False)
+class Lender:
+    host: HostPort
+    ledger: Ledger
+    journal: CallLog
+    clock: Callable[[], float]
+    log = Logger()
+
+    def _claim(self, endpoint_id: str) -> Claim | None:
+        return self.ledger.state.claims.get(endpoint_id)
+
+    def _current(self, endpoint_id: str) -> Claim:
+        claim = self._claim(endpoint_id)
+        if claim is None:
+            raise UnknownObject(f"endpoint {short(endpoint_id)} was deleted meanwhile")
+        return claim
+
+    # -- Join --------------------------------------------------------------
+
+    async def lend(self, endpoint_id: str, sandbox_key: str | None) -> Claim:
+        """Record the NIC, then rename it to its transit name. A Join whose
+        record exists (a retry, or a Join cut short by a crash) resumes here."""
+        claim = self._current(endpoint_id)
+        if claim.phase is Phase.CREATED:
+            claim = await self._record(claim, sandbox_key)
+        if claim.phase is not Phase.JOINED:
+            raise NicUnavailable(
+                f"endpoint {short(endpoint_id)} has already left ({claim.phase.value}); "
+                f"dockerd must create a new endpoint")
+        link = await self.host.locate(claim.nic, claim.transit_name)
+        claim = self._current(endpoint_id)
+        if link is None:
+            raise NicUnavailable(
+                f"NIC {claim.mac} of endpoint {short(endpoint_id)} is not in the host "
+                f"network namespace; it cannot be handed to the container")
+        if link.name != claim.transit_name:
+            try:
+                await self.host.rename(link.index, claim.transit_name)
+            except HostnicError:
+                await self._undo_lend(claim, link.index)
+                raise
+            crashpoint("join.renamed")
+        self.log.info("endpoint {endpoint} joins with NIC {nic} lent as {transit}",
+                      endpoint=short(endpoint_id), nic=claim.mac, transit=claim.transit_name)
+        return self._current(endpoint_id)
+
+    async def _record(self, claim: Claim, sandbox_key: str | None) -> Claim:
+        link = await self.host.locate(claim.nic)
+        if link is None:
+            raise NicUnavailable(
+                f"NIC {claim.mac} of network {short(claim.network_id)} is not in the "
+                f"host network namespace (is it inside another container?)")
+        # The host's routes may have moved since the network was created.
+        if await self.host.carries_default_route(link.index):
+            raise NicUnavailable(
+                f"NIC {claim.mac} ({link.name}) now carries the host's default route; "
+                f"handing it to a container would cut the host off")
+        original = await self.host.read_state(link.index)
+        claim = self._current(claim.endpoint_id)
+        if claim.phase is not Phase.CREATED:
+            return claim
+        joined = attrs.evolve(claim, phase=Phase.JOINED, original=original,
+                              sandbox_key=sandbox_key, joined_at=self.clock())
+        await self.ledger.put_claim(claim, joined)
+        crashpoint("join.recorded")
+        self.log.info("endpoint {endpoint} recorded NIC {nic} as {state}",
+                      endpoint=short(claim.endpoint_id), nic=claim.mac, state=original)
+        return joined
+
+    async def _undo_lend(self, claim: Claim, index: int) -> None:
+        """A rename failed (and left the NIC down): put the NIC back as
+        recorded; forget the record only if that fully worked."""
+        assert claim.original is not None
+        try:
+            problems = await self.host.restore(index, claim.original)
+        except HostnicError as e:
+            problems = (e.message,)
+        current = self._claim(claim.endpoint_id)
+        if problems or current != claim:
+            self.log.error("NIC {nic} could not be put back after a failed lend ({problems}); "
+                           "its record is kept so hostnic can restore it later",
+                           nic=claim.mac, problems="; ".join(problems))
+            return
+        created = attrs.evolve(claim, phase=Phase.CREATED, original=None, sandbox_key=None,
+                               joined_at=None)
+        try:
+            await self.ledger.put_claim(claim, created)
+        except StoreError as e:
+            self.log.warn("NIC {nic} is back as it was, but its record stays: {error}",
+                          nic=claim.mac, error=e.message)
+
+    # -- Leave -------------------------------------------------------------
+
+    async def leave(self, endpoint_id: str) -> None:
+        claim = self._claim(endpoint_id)
+        if claim is None or claim.phase is not Phase.JOINED:
+            return
+        await self.ledger.put_claim(claim, attrs.evolve(claim, phase=Phase.LEFT))
+        crashpoint("leave.recorded")
+
+    # -- DeleteEndpoint ----------------------------------------------------
+
+    async def give_back(self, endpoint_id: str) -> None:
+        """dockerd is done with the endpoint: restore its NIC and drop the claim,
+        or, if the NIC is not home yet, leave a durable note to do so."""
+        claim = self._claim(endpoint_id)
+        if claim is None:
+            self.log.info("delete of unknown endpoint {endpoint}: nothing to do",
+                          endpoint=short(endpoint_id))
+            return
+        if claim.original is None:
+            await self.ledger.put_claim(claim, None)
+            crashpoint("delete.released")
+            self.log.info("endpoint {endpoint} released NIC {nic} (never joined)",
+                          endpoint=short(endpoint_id), nic=claim.mac)
+            return
+        if claim.phase is Phase.JOINED:
+            # Leave never reached us: durably note that dockerd is done first.
+            marked = await self._mark_releasing(claim)
+            assert marked is not None
+            claim = marked
+            crashpoint("delete.marked")
+        try:
+            home = await self.restore_and_release(claim)
+        except HostnicError:
+            await self._mark_releasing(self._claim(endpoint_id))
+            raise
+        if not home:
+            await self._mark_releasing(self._claim(endpoint_id))
+            self.log.warn("NIC {nic} of endpoint {endpoint} is not back in the host "
+                          "namespace; it will be restored when it appears",
+                          nic=claim.mac, endpoint=short(endpoint_id))
+
+    async def _mark_releasing(self, claim: Claim | None) -> Claim | None:
+        if claim is None or claim.phase is Phase.RELEASING:
+            return claim
+        releasing = attrs.evolve(claim, phase=Phase.RELEASING)
+        await self.ledger.put_claim(claim, releasing)
+        return releasing
+
+    async def restore_and_release(self, claim: Claim) -> bool:
+        """Restore the NIC as recorded and drop the claim; False if it is not home."""
+        assert claim.original is not None
+        link = await self.host.locate(claim.nic, claim.transit_name)
+        if link is None:
+            return False
+        problems = await self.host.restore(link.index, claim.original)
+        crashpoint("delete.restored")
+        self._restored(claim, link.name, problems)
+        current = self._claim(claim.endpoint_id)
+        if current is not None and current.nic == claim.nic:
+            await self.ledger.put_claim(current, None)
+            crashpoint("delete.released")
+            self.log.info("endpoint {endpoint} released NIC {nic}",
+                          endpoint=short(claim.endpoint_id), nic=claim.mac)
+        return True
+
+    def _restored(self, claim: Claim, found_as: str, problems: tuple[str, ...]) -> None:
+        self.journal.note("restore", mac=claim.mac, endpoint=claim.endpoint_id,
+                          found_as=found_as, problems=list(problems))
+        if problems:
+            self.log.warn("NIC {nic} (found as {name}) restored with problems: {problems}",
+                          nic=claim.mac, name=found_as, problems="; ".join(problems))
+        else:
+            self.log.info("NIC {nic} restored from {name} to {state}",
+                          nic=claim.mac, name=found_as, state=claim.original)
+
+    # -- reconciliation and link events ------------------------------------
+
+    async def settle(self, nic: NicRef, thorough: bool) -> str | None:
+        """Make the host match the claim on ``nic``: a NIC whose endpoint dockerd
+        deleted is restored and released once home; a lent NIC found home under
+        a foreign name (the kernel returns a physical NIC as ``eth0`` or
+        ``dev<N>`` when a container's namespace dies without dockerd) is
+        restored. ``thorough`` (start-up, retries) also releases a NIC whose
+        endpoint left or whose container is gone. Returns what it did."""
+        claim = self.ledger.state.claim_of(nic)
+        if claim is None or claim.original is None:
+            return None
+        if claim.phase is Phase.RELEASING or (thorough and claim.phase is Phase.LEFT):
+            return "released" if await self.restore_and_release(claim) else "away"
+        if claim.phase is not Phase.JOINED:
+            return None
+        link = await self.host.locate(claim.nic, claim.transit_name)
+        if link is None:
+            return "away"
+        if thorough and claim.sandbox_key \
+                and not await self.host.namespace_exists(claim.sandbox_key):
+            # Its container is gone and dockerd's Delete was lost: give it back.
+            current = self._claim(claim.endpoint_id)
+            if current is not None:
+                return "released" if await self.restore_and_release(current) else "away"
+            return None
+        if link.name != claim.transit_name and not claim.original.shown_by(
+                link.name, link.mac, link.mtu, link.up):
+            problems = await self.host.restore(link.index, claim.original)
+            self._restored(claim, link.name, problems)
+            return "restored"
+        return None
+
+    # -- the operator ------------------------------------------------------
+
+    async def release(self, nic: NicRef) -> Released:
+        """Hand back a NIC whose claim outlived its container."""
+        claim = self.ledger.state.claim_of(nic)
+        if claim is None:
+            raise UnknownObject(f"NIC {nic.mac} is not claimed by any hostnic endpoint")
+        link = await self.host.locate(claim.nic, claim.transit_name)
+        if link is None:
+            if claim.sandbox_key and await self.host.namespace_exists(claim.sandbox_key):
+                raise NicUnavailable(
+                    f"NIC {claim.mac} is inside the live namespace {claim.sandbox_key} of "
+                    f"endpoint {short(claim.endpoint_id)}; stop or disconnect that "
+                    f"container instead")
+            current = self.ledger.state.claim_of(nic)
+            if current is not None:
+                await self.ledger.put_claim(current, None)
+            self.journal.note("release", mac=claim.mac, endpoint=claim.endpoint_id, found=False)
+            return Released(claim.mac, claim.endpoint_id, found=False, restored=False)
+        problems: tuple[str, ...] = ()
+        if claim.original is not None:
+            problems = await self.host.restore(link.index, claim.original)
+            self._restored(claim, link.name, problems)
+        current = self.ledger.state.claim_of(nic)
+        if current is not None:
+            await self.ledger.put_claim(current, None)
+        self.journal.note("release", mac=claim.mac, endpoint=claim.endpoint_id, found=True)
+        self.log.info("operator released NIC {nic} from endpoint {endpoint}",
+                      nic=claim.mac, endpoint=short(claim.endpoint_id))
+        return Released(claim.mac, claim.endpoint_id, found=True,
+                        restored=claim.original is not None, problems=problems)

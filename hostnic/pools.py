@@ -1,0 +1,81 @@
+"""Pool policy: which NIC a network may take and which one an endpoint gets.
+Pure functions over the state; the messages are the sentences users read."""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+from hostnic.errors import NicUnavailable, PoolExhausted
+from hostnic.model import Network, NicRef, State
+from hostnic.protocol import CreateNetwork
+from hostnic.text import quoted, short
+
+Label = Callable[[NicRef], str]
+
+
+def check_free(state: State, network_id: str, nics: list[NicRef], label: Label) -> None:
+    """Refuse a NIC that another network pools or an endpoint still holds
+    (matched by MAC or by permanent address: a changed MAC is the same NIC)."""
+    for nic in nics:
+        holder = state.network_of(nic)
+        if holder is not None and holder.id != network_id:
+            raise NicUnavailable(
+                f"NIC {label(nic)} is already in hostnic network {short(holder.id)}; "
+                f"a NIC can serve one network only")
+        claim = state.claim_of(nic)
+        if claim is not None:
+            raise NicUnavailable(
+                f"NIC {label(nic)} is still held by endpoint {short(claim.endpoint_id)} "
+                f"({claim.phase.value})")
+
+
+def choose(state: State, network: Network, pinned: str | None,
+           present: Callable[[NicRef], bool], label: Label) -> NicRef:
+    """The pool NIC for a new endpoint: the pinned one, else the first free
+    one that is in the host namespace."""
+    claimed = {c.nic.key: c for c in state.claims.values()}
+    if pinned is not None:
+        entry = network.entry(NicRef(pinned))
+        if entry is None:
+            raise NicUnavailable(
+                f"NIC {pinned} is not in the pool of network {short(network.id)} "
+                f"({', '.join(network.macs)})")
+        if entry.key in claimed:
+            raise NicUnavailable(
+                f"NIC {label(entry)} of network {short(network.id)} is in use "
+                f"by endpoint {short(claimed[entry.key].endpoint_id)}")
+        return entry
+    free = [nic for nic in network.pool if nic.key not in claimed]
+    if not free:
+        count = len(network.pool)
+        raise PoolExhausted(
+            f"network {short(network.id)} has {count} NIC{'s' if count > 1 else ''}, "
+            f"all in use; add NICs to its pool or stop a container")
+    home = [nic for nic in free if present(nic)]
+    if not home:
+        raise NicUnavailable(
+            f"the free NICs of network {short(network.id)} "
+            f"({', '.join(nic.mac for nic in free)}) are not in the host network namespace")
+    return home[0]
+
+
+def difference(held: Network, request: CreateNetwork) -> str | None:
+    """What a CreateNetwork for a held network id asks differently (None: it is
+    the same request again, as dockerd retries it after a lost answer)."""
+    differences = []
+    if dict(held.options) != dict(request.options):
+        differences.append(f"options {_options(request.options)} "
+                           f"(held: {_options(held.options)})")
+    for what, asked, had in (("IPv4 gateway", request.gateway4, held.gateway4),
+                             ("IPv6 gateway", request.gateway6, held.gateway6)):
+        if asked != had:
+            differences.append(f"{what} {asked or 'none'} (held: {had or 'none'})")
+    if tuple(request.subnets) != tuple(held.subnets):
+        differences.append(f"subnets {', '.join(request.subnets) or 'none'} "
+                           f"(held: {', '.join(held.subnets) or 'none'})")
+    return "; ".join(differences) or None
+
+
+def _options(options: Mapping[str, str]) -> str:
+    return ", ".join(f"{key}={quoted(value)}" for key, value in sorted(options.items())) \
+        or "none"

@@ -1,0 +1,195 @@
+"""The JSON form of hostnic's state, checked field by field when read.
+
+A state file that does not have exactly the expected shape is refused with
+the place of the first problem (``networks[0].pool[1]: ...``): hostnic never
+starts on a half-understood record of the NICs it lent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Callable, Mapping, TypeVar
+
+import attrs
+
+from hostnic.model import Address, Claim, Network, NicRef, NicState, Phase, State, normalize_mac
+from hostnic.errors import InvalidOption
+
+FORMAT_VERSION = 2  # 1: pools and claims held bare MACs
+T = TypeVar("T")
+
+
+class StateFileError(ValueError):
+    """The file's content is not a state hostnic wrote; ``str()`` names where."""
+
+
+def encode(state: State) -> bytes:
+    def nic(ref: NicRef) -> dict[str, Any]:
+        return {"mac": ref.mac, "perm": ref.perm}
+
+    def recorded(n: NicState | None) -> dict[str, Any] | None:
+        return None if n is None else attrs.asdict(n, recurse=True)
+
+    data = {
+        "version": FORMAT_VERSION,
+        "networks": [
+            {"id": n.id, "pool": [nic(ref) for ref in n.pool], "gateway4": n.gateway4,
+             "gateway6": n.gateway6, "subnets": list(n.subnets), "options": dict(n.options)}
+            for n in state.networks.values()
+        ],
+        "claims": [
+            {"endpoint_id": c.endpoint_id, "network_id": c.network_id, "nic": nic(c.nic),
+             "phase": c.phase.value, "original": recorded(c.original),
+             "sandbox_key": c.sandbox_key, "created_at": c.created_at, "joined_at": c.joined_at}
+            for c in state.claims.values()
+        ],
+    }
+    return json.dumps(data, indent=1, sort_keys=True, allow_nan=False).encode()
+
+
+def decode(raw: bytes) -> State:
+    try:
+        data = json.loads(raw, parse_constant=_no_constants)
+    except RecursionError:
+        raise StateFileError("it is nested too deeply to be a state file") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StateFileError(f"it is not JSON ({e})") from None
+    reader = _Reader()
+    top = reader.object(data, "the file")
+    version = top.get("version")
+    if version not in (1, FORMAT_VERSION):
+        raise StateFileError(f"version: {version!r} is not a format this hostnic reads "
+                             f"(1 or {FORMAT_VERSION})")
+    networks = reader.items(top, "networks", lambda n, at: reader.network(n, at, version))
+    claims = reader.items(top, "claims", lambda c, at: reader.claim(c, at, version))
+    by_id = {n.id: n for n in networks}
+    if len(by_id) != len(networks):
+        raise StateFileError("networks: a network id appears twice")
+    by_endpoint = {c.endpoint_id: c for c in claims}
+    if len(by_endpoint) != len(claims):
+        raise StateFileError("claims: an endpoint id appears twice")
+    return State(networks=by_id, claims=by_endpoint)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+class _Reader:
+    """Typed accessors that name the place of every problem."""
+
+    def object(self, value: Any, at: str) -> Mapping[str, Any]:
+        if not isinstance(value, dict):
+            raise StateFileError(f"{at}: expected an object, found {_kind(value)}")
+        return value
+
+    def field(self, obj: Mapping[str, Any], key: str, kinds: tuple[type, ...], at: str,
+              optional: bool = False) -> Any:
+        value = obj.get(key)
+        if value is None:
+            if optional:
+                return None
+            raise StateFileError(f"{at}.{key}: missing")
+        # bool is an int to Python, never to this file.
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise StateFileError(f"{at}.{key}: expected {names}, found {_kind(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise StateFileError(f"{at}.{key}: not a finite number")
+        return value
+
+    def text(self, obj: Mapping[str, Any], key: str, at: str, optional: bool = False) -> Any:
+        return self.field(obj, key, (str,), at, optional)
+
+    def items(self, obj: Mapping[str, Any], key: str, read: Callable[[Any, str], T],
+              at: str = "") -> list[T]:
+        where = f"{at}.{key}" if at else key
+        values = obj.get(key, [])
+        if not isinstance(values, list):
+            raise StateFileError(f"{where}: expected a list, found {_kind(values)}")
+        return [read(value, f"{where}[{i}]") for i, value in enumerate(values)]
+
+    def mac(self, value: Any, at: str) -> str:
+        if not isinstance(value, str):
+            raise StateFileError(f"{at}: expected a MAC address, found {_kind(value)}")
+        try:
+            return normalize_mac(value)
+        except InvalidOption as e:
+            raise StateFileError(f"{at}: {e.message}") from None
+
+    def nic(self, value: Any, at: str, version: int) -> NicRef:
+        if version == 1:
+            return NicRef(self.mac(value, at))
+        obj = self.object(value, at)
+        perm = obj.get("perm")
+        return NicRef(self.mac(obj.get("mac"), f"{at}.mac"),
+                      None if perm is None else self.mac(perm, f"{at}.perm"))
+
+    def network(self, value: Any, at: str, version: int) -> Network:
+        obj = self.object(value, at)
+        pool = obj.get("pool")
+        if not isinstance(pool, list) or not pool:
+            raise StateFileError(f"{at}.pool: expected a non-empty list of NICs, "
+                                 f"found {_kind(pool)}")
+        options = self.object(obj.get("options", {}), f"{at}.options")
+        for key, option in options.items():
+            if not isinstance(option, str):
+                raise StateFileError(f"{at}.options.{key}: expected str, found {_kind(option)}")
+        subnets = obj.get("subnets", [])
+        if not isinstance(subnets, list) or not all(isinstance(s, str) for s in subnets):
+            raise StateFileError(f"{at}.subnets: expected a list of strings")
+        return Network(
+            id=self.text(obj, "id", at),
+            pool=tuple(self.nic(v, f"{at}.pool[{i}]", version) for i, v in enumerate(pool)),
+            gateway4=self.text(obj, "gateway4", at, optional=True),
+            gateway6=self.text(obj, "gateway6", at, optional=True),
+            subnets=tuple(subnets), options=dict(options))
+
+    def recorded(self, value: Any, at: str) -> NicState | None:
+        if value is None:
+            return None
+        obj = self.object(value, at)
+        addresses = []
+        for entry, where in self.items(obj, "addresses", lambda v, w: (v, w), at):
+            entry = self.object(entry, where)
+            addresses.append(Address(family=self.field(entry, "family", (int,), where),
+                                     address=self.text(entry, "address", where),
+                                     prefixlen=self.field(entry, "prefixlen", (int,), where)))
+        return NicState(name=self.text(obj, "name", at), mac=self.text(obj, "mac", at),
+                        mtu=self.field(obj, "mtu", (int,), at),
+                        up=self.field(obj, "up", (bool,), at), addresses=tuple(addresses))
+
+    def claim(self, value: Any, at: str, version: int) -> Claim:
+        obj = self.object(value, at)
+        phase_name = self.text(obj, "phase", at)
+        try:
+            phase = Phase(phase_name)
+        except ValueError:
+            raise StateFileError(f"{at}.phase: {phase_name!r} is not a phase") from None
+        nic = (self.nic(obj.get("mac"), f"{at}.mac", 1) if version == 1
+               else self.nic(obj.get("nic"), f"{at}.nic", version))
+        original = self.recorded(obj.get("original"), f"{at}.original")
+        if phase is not Phase.CREATED and original is None:
+            raise StateFileError(f"{at}.original: a {phase.value} claim must record the "
+                                 f"NIC's original state")
+        return Claim(
+            endpoint_id=self.text(obj, "endpoint_id", at),
+            network_id=self.text(obj, "network_id", at), nic=nic, phase=phase,
+            original=original, sandbox_key=self.text(obj, "sandbox_key", at, optional=True),
+            created_at=self.field(obj, "created_at", (int, float), at, optional=True) or 0.0,
+            joined_at=self.field(obj, "joined_at", (int, float), at, optional=True))
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    return "an object" if isinstance(value, dict) else type(value).__name__
