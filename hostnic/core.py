@@ -29,7 +29,7 @@ from hostnic.ledger import Ledger, Store
 from hostnic.lending import Lender, Released
 from hostnic.linkwatch import LinkInfo
 from hostnic.locks import KeyedLocks
-from hostnic.model import Claim, Network, NicRef, Phase, State
+from hostnic.model import Claim, Network, NicRef, Phase, State, transit_name
 from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join
 from hostnic.retry import Retrier
 from hostnic.text import short
@@ -208,6 +208,13 @@ class Core:
                                        f"in another network")
                 return EndpointCreated(held.mac, request.interface_has_mac)  # a retry
             network = self._network(ref.network_id)
+            twin = next((c for c in self.state.claims.values()
+                         if c.transit_name == transit_name(ref.endpoint_id)), None)
+            if twin is not None:
+                raise HostnicError(
+                    f"endpoint {short(ref.endpoint_id)} shares its first 13 characters with "
+                    f"endpoint {short(twin.endpoint_id)}, so their NICs would wear the same "
+                    f"transit name; recreate the container")
             # No await between choosing and claiming: the claim is in the ledger
             # before anyone else can choose.
             nic = pools.choose(self.state, network, request.pinned_mac,
@@ -318,15 +325,17 @@ class Core:
 
     def _link_appeared(self, link: LinkInfo) -> None:
         """A link appeared or changed in the host namespace: if it is a lent
-        NIC that needs us, settle it under its lock (after whatever holds it:
-        a DeleteEndpoint that just missed it will have marked its claim)."""
+        NIC, settle it under its lock, after whatever holds that lock now (a
+        DeleteEndpoint that just missed it will have marked its claim by then).
+        A NIC that wears its transit name, or looks as recorded, needs nothing."""
         claim = self.state.claim_of_link(link.mac, link.perm, link.name)
         if claim is None or claim.original is None:
             return
-        if claim.phase is Phase.RELEASING or (
-                claim.phase is Phase.JOINED and link.name != claim.transit_name
-                and not claim.original.shown_by(link.name, link.mac, link.mtu, link.up)):
-            self.settle_soon(claim.nic)
+        if claim.phase is Phase.JOINED and (
+                link.name == claim.transit_name
+                or claim.original.shown_by(link.name, link.mac, link.mtu, link.up)):
+            return
+        self.settle_soon(claim.nic)
 
     def settle_soon(self, nic: NicRef, thorough: bool = False) -> None:
         if nic.key in self._settling:

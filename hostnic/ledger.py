@@ -1,9 +1,17 @@
 """The state and the only way to change it.
 
-A change is applied in memory at once, so a check and the claim it allows
-happen with no ``await`` between them, and exclusivity needs no lock. Its
-caller then waits until the change is durable; if it cannot be saved it is
-undone, but only if nothing replaced the changed object meanwhile.
+Taking is optimistic, freeing is pessimistic:
+
+- A change that takes something (a new claim, a new network, a phase) is
+  applied in memory at once, so a check and the claim it allows happen with
+  no ``await`` between them and exclusivity needs no lock; its caller then
+  waits until it is durable, and if it cannot be saved it is undone (only if
+  nothing replaced the changed object meanwhile). Others may have been
+  refused because of it in between: a refusal is harmless.
+- A change that frees something (a claim dropped, a network deleted) is
+  written first and shown in memory only once it is durable. Were it shown at
+  once, another endpoint could take the freed NIC, and undoing the failed
+  free would then leave the NIC claimed twice.
 """
 
 from __future__ import annotations
@@ -13,6 +21,8 @@ from typing import Callable, Protocol
 import attrs
 
 from hostnic.model import Claim, Network, State
+
+Change = Callable[[State], State]
 
 
 class Store(Protocol):
@@ -24,34 +34,52 @@ class Store(Protocol):
 class Ledger:
     store: Store
     state: State = attrs.field(factory=State)
+    _freeing: list[Change] = attrs.field(factory=list)  # written, not yet shown
+
+    def to_write(self) -> State:
+        """What the next save writes: the state with the frees in flight."""
+        state = self.state
+        for change in self._freeing:
+            state = change(state)
+        return state
 
     async def put_claim(self, old: Claim | None, new: Claim | None) -> None:
         """Replace endpoint ``(old or new).endpoint_id``'s claim with ``new``
         (None removes it), durably; StoreError if that cannot be saved."""
         endpoint_id = (new or old).endpoint_id  # type: ignore[union-attr]
-
-        def put(state: State, claim: Claim | None) -> State:
-            return state.with_claim(claim) if claim is not None else state.without_claim(endpoint_id)
-
-        self.state = put(self.state, new)
+        if new is None:
+            await self._free(lambda state: state.without_claim(endpoint_id))
+            return
+        self.state = self.state.with_claim(new)
 
         def undo() -> None:
             if self.state.claims.get(endpoint_id) == new:
-                self.state = put(self.state, old)
+                self.state = (self.state.with_claim(old) if old is not None
+                              else self.state.without_claim(endpoint_id))
 
-        await self.store.save(lambda: self.state, undo)
+        await self.store.save(self.to_write, undo)
 
     async def put_network(self, old: Network | None, new: Network | None) -> None:
         network_id = (new or old).id  # type: ignore[union-attr]
-
-        def put(state: State, network: Network | None) -> State:
-            return (state.with_network(network) if network is not None
-                    else state.without_network(network_id))
-
-        self.state = put(self.state, new)
+        if new is None:
+            await self._free(lambda state: state.without_network(network_id))
+            return
+        self.state = self.state.with_network(new)
 
         def undo() -> None:
             if self.state.networks.get(network_id) == new:
-                self.state = put(self.state, old)
+                self.state = (self.state.with_network(old) if old is not None
+                              else self.state.without_network(network_id))
 
-        await self.store.save(lambda: self.state, undo)
+        await self.store.save(self.to_write, undo)
+
+    async def _free(self, change: Change) -> None:
+        self._freeing.append(change)
+
+        def forget() -> None:
+            if change in self._freeing:
+                self._freeing.remove(change)
+
+        await self.store.save(self.to_write, forget)
+        forget()
+        self.state = change(self.state)

@@ -86,6 +86,9 @@ class FakeHost:
     def by_mac(self, mac: str) -> FakeLink:
         return next(link for link in self.links.values() if link.mac == mac)
 
+    def by_perm(self, perm: str) -> FakeLink:
+        return next(link for link in self.links.values() if link.perm == perm)
+
     def home(self) -> list[FakeLink]:
         return [link for link in self.links.values() if link.where == "host"]
 
@@ -110,9 +113,9 @@ class FakeHost:
         link.up, link.name, link.where, link.addresses = False, src_name, "host", []
         self._event(link)
 
-    def kernel_returns(self, mac: str) -> FakeLink:
+    def kernel_returns(self, nic: str | FakeLink) -> FakeLink:
         """A dying namespace hands a physical NIC back under its inner name."""
-        link = self.by_mac(mac)
+        link = nic if isinstance(nic, FakeLink) else self.by_mac(nic)
         self.live_namespaces.discard(link.where)
         name = link.name if not self._host_name_taken(link.name, link.index) \
             else f"dev{link.index}"

@@ -20,9 +20,9 @@ from tests.fakes import FakeHost, FakeLink, run_now
 T = TypeVar("T")
 NET = "n" * 63 + "1"
 NET2 = "n" * 63 + "2"
-EP = "e" * 63 + "1"
-EP2 = "e" * 63 + "2"
-EP3 = "e" * 63 + "3"
+EP = "1" + "e" * 63  # distinct from the first character, as Docker's random ids are
+EP2 = "2" + "e" * 63
+EP3 = "3" + "e" * 63
 MAC1, MAC2, MAC3 = "52:54:00:e1:d9:e1", "52:54:00:e1:d9:e2", "52:54:00:e1:d9:e3"
 SANDBOX = "/var/run/docker/netns/abc"
 
