@@ -159,9 +159,10 @@ class GuardedChannel(http.HTTPChannel):
         else:
             super().allHeadersReceived()
 
-    def refuse(self, request: GuardedRequest, status: int, message: str) -> None:
+    def refuse(self, request: GuardedRequest | None, status: int, message: str) -> None:
         """Answer now and close, reading nothing more of this request."""
-        request.refused = True
+        if request is not None:
+            request.refused = True
         self._stop_deadline()
         self.site.note(str(status), message)
         body = self.site.refusal(status, message)
@@ -172,6 +173,11 @@ class GuardedChannel(http.HTTPChannel):
             head.append('WWW-Authenticate: Bearer realm="hostnic"')
         self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
         self.transport.loseConnection()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's own answer to what it cannot parse (a malformed request
+        # line, headers or chunks) is a bare 400; ours says it in JSON.
+        self.refuse(None, 400, "the request is not HTTP that hostnic can read")
 
     def allContentReceived(self) -> None:
         self._stop_deadline()  # the handler's own time is not the client's
