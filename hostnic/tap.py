@@ -69,12 +69,6 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         from twisted.internet import reactor
-        for option in ("socket", "admin"):
-            try:
-                serverFromString(reactor, self[option])
-            except (ValueError, KeyError, TypeError) as e:
-                raise usage.UsageError(f"--{option} {self[option]!r} is not a server "
-                                       f"endpoint: {e}")
         self["admin-token"] = None
         if self["admin-token-file"]:
             try:
@@ -85,6 +79,16 @@ class Options(usage.Options):
             raise usage.UsageError("the admin API on a network endpoint needs "
                                    "--admin-token-file: anyone who can connect could "
                                    "read hostnic's state and release NICs")
+        for option in ("socket", "admin"):
+            try:
+                serverFromString(reactor, self[option])
+            except IndexError:
+                raise usage.UsageError(f"--{option} {self[option]!r}: systemd passed no "
+                                       f"socket of that number (is the .socket unit "
+                                       f"running?)") from None
+            except (ValueError, KeyError, TypeError) as e:
+                raise usage.UsageError(f"--{option} {self[option]!r} is not a server "
+                                       f"endpoint: {e}") from None
 
 
 def unix_socket_dir(description: str) -> str | None:
@@ -188,9 +192,12 @@ class HostnicService(service.Service):
             self.watchdog.start(interval / 2, now=True)
 
     def _fatal(self, failure: Failure) -> None:
-        expected = failure.check(HostnicError, CannotListenError, OSError)
-        self.log.critical("hostnic cannot start: {error}", error=failure.getErrorMessage(),
-                          log_failure=None if expected else failure)
+        if failure.check(HostnicError, CannotListenError, OSError):
+            # A sentence is the whole story; a traceback only for a bug.
+            self.log.critical("hostnic cannot start: {error}", error=failure.getErrorMessage())
+        else:
+            self.log.critical("hostnic cannot start: {error}", error=failure.getErrorMessage(),
+                              log_failure=failure)
         self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
         self.reactor.stop()
 

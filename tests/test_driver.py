@@ -108,6 +108,21 @@ class DriverTests(CoreTestCase):
         self.assertEqual(self.core.state.networks, {})
         self.assertEqual(self.calls.stats["(unknown)"].count, 1)
 
+    def test_hostile_bodies_get_short_refusals(self) -> None:
+        self.assertEqual(self.post("NetworkDriver.CreateNetwork", raw=b"[" * 100_000),
+                         (400, {"Err": "the request body is nested too deeply"}))
+        code, answer = self.post("NetworkDriver.CreateNetwork",
+                                 network_body(hostnic_mac=MAC1, **{"k" * 1_000_000: "v"}))
+        self.assertEqual(code, 200)
+        self.assertLess(len(answer["Err"]), 300)
+        self.assertIn("(1000000 characters)", answer["Err"])
+        code, answer = self.post("NetworkDriver.CreateNetwork",
+                                 network_body(hostnic_mac="a" * 1_000_000))
+        self.assertLess(len(answer["Err"]), 200)
+        for event in self.calls.last(10):
+            self.assertLess(len(event["error"] or ""), 300)
+        self.assertEqual(self.core.state.networks, {})
+
     def test_unexpected_failure_is_a_json_500(self) -> None:
         self.host.gate = fail(RuntimeError("kaput"))  # the host breaks mid-request
         code, answer = self.post("NetworkDriver.CreateNetwork", network_body(hostnic_mac=MAC1))

@@ -203,8 +203,11 @@ class History:
             self.trace.append(f"  step {label}")
 
     def set_disk(self, full: bool) -> None:
+        # The same store (one writer, as in the daemon), on a disk now full or not.
         self.full = full
-        self.core.ledger.store = self.store()
+        store = self.core.ledger.store
+        assert isinstance(store, StateStore)
+        store.fs = FaultyFileSystem(space=0) if full else os
 
     def act(self) -> None:
         waiting = [e for e in self.endpoints if e.inflight is None and e.stage in NEXT_CALL]

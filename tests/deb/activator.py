@@ -1,11 +1,12 @@
 """What systemd does for hostnic.socket + hostnic.service, for tests on a
 machine without systemd as PID 1: hold the listening socket (mode from the
 unit), and on each "start" line run ExecStart with LISTEN_FDS/LISTEN_PID/
-LISTEN_FDNAMES and a NOTIFY_SOCKET, answering "ready SECONDS" once it sends
-READY=1. "stop" sends SIGTERM and answers "stopped RC". Runs inside the
-network and mount namespace the test chose (via nsenter).
+LISTEN_FDNAMES and a NOTIFY_SOCKET (and WATCHDOG_USEC, as WatchdogSec= sets
+it), answering "ready SECONDS" once it sends READY=1. "stop" sends SIGTERM and
+answers "stopped RC PINGS", PINGS being the WATCHDOG=1 messages it got. Runs
+inside the network and mount namespace the test chose (via nsenter).
 
-    python activator.py PATH MODE FDNAME -- EXECSTART...
+    python activator.py PATH MODE FDNAME WATCHDOG_USEC -- EXECSTART...
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 
 
 def main() -> None:
-    path, mode, fdname = sys.argv[1], int(sys.argv[2], 8), sys.argv[3]
+    path, mode, fdname, watchdog = sys.argv[1], int(sys.argv[2], 8), sys.argv[3], sys.argv[4]
     command = sys.argv[sys.argv.index("--") + 1:]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     if os.path.exists(path):
@@ -45,21 +46,29 @@ def main() -> None:
         if word == "start":
             started = time.monotonic()
             env = {**os.environ, "LISTEN_FDS": "1", "LISTEN_FDNAMES": fdname,
-                   "NOTIFY_SOCKET": notify_path}
+                   "NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": watchdog}
             child = subprocess.Popen(["sh", "-c", 'export LISTEN_PID=$$; exec "$@"', "sh",
                                       *command], env=env, close_fds=False, preexec_fn=as_fd3,
                                      stdout=sys.stderr, stderr=sys.stderr)
-            message = notify.recv(4096).decode()
+            pings = 0
+            while True:  # pings may come before READY=1
+                message = notify.recv(4096).decode()
+                if message == "WATCHDOG=1":
+                    pings += 1
+                    continue
+                break
             print(f"ready {time.monotonic() - started:.3f} {message.splitlines()[0]}", flush=True)
         elif word == "stop" and child is not None:
             child.send_signal(signal.SIGTERM)
-            print(f"stopped {child.wait(timeout=60)}", flush=True)
-            notify.settimeout(5)
+            code = child.wait(timeout=60)
+            notify.settimeout(0.5)
             try:
-                notify.recv(4096)  # STOPPING=1
+                while True:  # the pings since READY=1, then STOPPING=1
+                    pings += notify.recv(4096) == b"WATCHDOG=1"
             except OSError:
                 pass
             notify.settimeout(60)
+            print(f"stopped {code} {pings}", flush=True)
             child = None
         elif word == "quit":
             break

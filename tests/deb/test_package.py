@@ -80,6 +80,12 @@ def test_installed_units(installed: Path) -> None:
     assert unit_value("hostnic.socket", "SocketMode") == "0660"
     assert unit_value("hostnic.service", "Type") == "notify"
     assert "docker.service" in unit_value("hostnic.service", "Before")
+    # A restart of the service keeps the socket (no PartOf=), so requests wait.
+    assert "PartOf=" not in (UNITS / "hostnic.socket").read_text().replace("# No PartOf=", "")
+    assert int(unit_value("hostnic.service", "WatchdogSec")) > 0
+    assert int(unit_value("hostnic.service", "LimitNOFILE")) >= 4096
+    assert unit_value("hostnic.service", "ProtectSystem") == "strict"
+    assert unit_value("hostnic.service", "CapabilityBoundingSet") == "CAP_NET_ADMIN"
     assert Path("/etc/systemd/system/sockets.target.wants/hostnic.socket").is_symlink()
     # Built by postinst, never shipped.
     assert Path("/opt/venvs/hostnic/lib/python3.11/site-packages/twisted/plugins/dropin.cache").exists()
@@ -120,9 +126,11 @@ def test_socket_activated_service_serves_dockerd(installed: Path) -> None:
         assert mode == ["644", "socket\n"], "the socket must outlive the service, mode intact"
 
         # Then as systemd does on every later start: it holds the socket.
+        # WatchdogSec= in microseconds, shortened so a few pings come in each round.
+        watchdog_usec = str(min(int(unit_value("hostnic.service", "WatchdogSec")), 2) * 1_000_000)
         activator = subprocess.Popen(
             rig.inside(sys.executable, str(Path(__file__).with_name("activator.py")),
-                       SOCKET_PATH, "660", fdname, "--", *command),
+                       SOCKET_PATH, "660", fdname, watchdog_usec, "--", *command),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
         def say(word: str) -> str:
@@ -148,7 +156,9 @@ def test_socket_activated_service_serves_dockerd(installed: Path) -> None:
                 assert not waiting.is_alive()
             rig.docker("run", "--rm", "--network", "pkgnet", IMAGE, "true")
             assert run(*rig.inside("/usr/bin/hostnic-ctl", "status")).returncode == 0
-            assert say("stop").startswith("stopped")
+            stopped = say("stop").split()
+            assert stopped[0] == "stopped"
+            assert int(stopped[2]) >= 1, f"the reactor feeds systemd's watchdog: {ready} {stopped}"
             mode = run(*rig.inside("stat", "-c", "%a", SOCKET_PATH)).stdout.strip()
             assert mode == "660"
         print(f"\nsocket activation to READY=1: {', '.join(f'{s:.2f}s' for s in cold_starts)}")

@@ -6,10 +6,12 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Any
@@ -32,8 +34,9 @@ class DaemonTestCase(NetnsTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.work = self.mktemp()
-        os.makedirs(self.work)
+        # Short and absolute: unix socket paths stop at 107 bytes.
+        self.work = tempfile.mkdtemp(prefix="hostnic-t-")
+        self.addCleanup(shutil.rmtree, self.work, True)
         self.sock = os.path.join(self.work, "hostnic.sock")
         self.admin_sock = os.path.join(self.work, "admin.sock")
         self.proc: subprocess.Popen[bytes] | None = None

@@ -1,0 +1,55 @@
+"""The twistd plugin's own decisions: which admin endpoints need a token,
+and the systemd watchdog period."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet.address import IPv4Address, UNIXAddress
+from twisted.trial.unittest import SynchronousTestCase
+
+from hostnic.errors import HostnicError
+from hostnic.sdnotify import watchdog_interval
+from hostnic.tap import HostnicService, is_network_endpoint
+
+
+class FakePort:
+    def __init__(self, address: Any) -> None:
+        self.address = address
+
+    def getHost(self) -> Any:
+        return self.address
+
+
+class EndpointTests(SynchronousTestCase):
+    def test_network_endpoints(self) -> None:
+        for description in ("tcp:9123", "TCP6:9123:interface=\\:\\:1", "ssl:443",
+                            "systemd:domain=INET:index=0", "systemd:domain=INET6:name=admin"):
+            self.assertTrue(is_network_endpoint(description), description)
+        for description in ("unix:/run/hostnic/admin.sock", "systemd:domain=UNIX:index=0"):
+            self.assertFalse(is_network_endpoint(description), description)
+
+    def test_a_network_listener_without_a_token_is_fatal_whatever_the_string_said(self) -> None:
+        service = HostnicService(None, "unix:/d", "/s", admin="systemd:domain=UNIX:index=0")
+        self.assertRaises(HostnicError, service._listening,
+                          FakePort(IPv4Address("TCP", "0.0.0.0", 9123)), "admin")
+        service._listening(FakePort(UNIXAddress(b"/run/hostnic/admin.sock")), "admin")
+        service.admin_token = b"t"
+        service._listening(FakePort(IPv4Address("TCP", "0.0.0.0", 9123)), "admin")
+
+
+class WatchdogTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        saved = {k: os.environ.get(k) for k in ("WATCHDOG_USEC", "WATCHDOG_PID")}
+        self.addCleanup(lambda: [os.environ.pop(k, None) if v is None
+                                 else os.environ.__setitem__(k, v) for k, v in saved.items()])
+
+    def test_period_for_this_process_only(self) -> None:
+        os.environ.pop("WATCHDOG_USEC", None)
+        self.assertIsNone(watchdog_interval())
+        os.environ["WATCHDOG_USEC"] = "30000000"
+        os.environ["WATCHDOG_PID"] = str(os.getpid())
+        self.assertEqual(watchdog_interval(), 30.0)
+        os.environ["WATCHDOG_PID"] = "1"  # meant for another process
+        self.assertIsNone(watchdog_interval())
