@@ -56,7 +56,7 @@ class AdminAPI:
             "networks.get": self.networks_get, "endpoints.list": self.endpoints_list,
             "nics.list": self.nics_list, "nics.get": self.nics_get,
             "events.recent": self.events_recent, "metrics": self.metrics,
-            "nics.release": self.nics_release,
+            "nics.release": self.nics_release, "networks.delete": self.networks_delete,
         }
         for name, method in methods.items():
             self.rpc.register(name, method)
@@ -135,13 +135,22 @@ class AdminAPI:
         names, state = self._names(), self.core.state
         return [views.network_view(n, state, names) for n in state.networks.values()]
 
-    async def networks_get(self, id: str) -> dict[str, Any]:
+    def _network_id(self, id: str) -> str:
+        """The one network a (prefix of an) id names."""
         matches = [n for n in self.core.state.networks.values() if n.id.startswith(id)]
         if len(matches) != 1 or not id:
             raise UnknownObject(f"hostnic holds no network {quoted(id)}" if not matches else
                                 f"{quoted(id)} names {len(matches)} networks; give more of "
                                 f"the id")
-        return views.network_view(matches[0], self.core.state, self._names())
+        return matches[0].id
+
+    async def networks_get(self, id: str) -> dict[str, Any]:
+        network = self.core.state.networks[self._network_id(id)]
+        return views.network_view(network, self.core.state, self._names())
+
+    async def networks_delete(self, id: str) -> dict[str, Any]:
+        network = await self.core.forget_network(self._network_id(id))
+        return {"id": network.id, "freed": network.macs}
 
     async def endpoints_list(self) -> list[dict[str, Any]]:
         host = self.core.host

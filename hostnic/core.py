@@ -194,6 +194,24 @@ class Core:
             await self.ledger.put_network(network, None)
         self.log.info("deleted network {network}", network=short(network_id))
 
+    async def forget_network(self, network_id: str) -> Network:
+        """An operator removes a network dockerd does not know (its create was
+        cut short by a restart and dockerd's retry came without a body), so
+        its NICs can serve another network. Refused while an endpoint holds one."""
+        await self.ready()
+        async with self.locks.hold("net:" + network_id):
+            network = self._network(network_id)
+            holders = [c for c in self.state.claims.values() if c.network_id == network_id]
+            if holders:
+                raise NicUnavailable(
+                    f"network {short(network_id)} still has {len(holders)} endpoint"
+                    f"{'s' if len(holders) > 1 else ''} ({', '.join(short(c.endpoint_id) for c in holders)}); "
+                    f"remove the containers with docker first")
+            await self.ledger.put_network(network, None)
+        self.journal.note("forget-network", network=network_id)
+        self.log.info("operator removed network {network}", network=short(network_id))
+        return network
+
     # -- endpoints ---------------------------------------------------------
 
     async def create_endpoint(self, request: CreateEndpoint) -> EndpointCreated:
@@ -322,6 +340,13 @@ class Core:
                       restored=len(outcomes["restored"]), released=len(outcomes["released"]),
                       absent=len(outcomes["absent"]), failed=len(outcomes["failed"]))
         return report
+
+    def settle_all(self) -> None:
+        """Settle every lent NIC thoroughly, in the background (one per NIC,
+        under its lock): for when a dockerd call was lost without trace."""
+        for claim in list(self.state.claims.values()):
+            if claim.original is not None:
+                self.settle_soon(claim.nic, thorough=True)
 
     def _link_appeared(self, link: LinkInfo) -> None:
         """A link appeared or changed in the host namespace: if it is a lent

@@ -138,11 +138,14 @@ def render(command: str, result: Any) -> str:
         tail = f" (problems: {'; '.join(result['problems'])})" if result["problems"] else ""
         return f"{result['mac']}: released from endpoint {short(result['endpoint'])}" \
                f"{', restored' if result['restored'] else ''}{tail}"
+    if command == "network-rm":
+        return f"network {short(result['id'])} removed; free again: {', '.join(result['freed'])}"
     return json.dumps(result, indent=2)
 
 
 METHODS = {"status": "status", "networks": "networks.list", "endpoints": "endpoints.list",
-           "nics": "nics.list", "events": "events.recent", "release": "nics.release"}
+           "nics": "nics.list", "events": "events.recent", "release": "nics.release",
+           "network-rm": "networks.delete"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -159,6 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     release = commands.add_parser("release", help="hand back a NIC whose claim outlived "
                                                   "its container")
     release.add_argument("mac")
+    network_rm = commands.add_parser(
+        "network-rm", help="remove a network dockerd does not know (a create cut short by a "
+                           "restart), so its NICs can serve another network")
+    network_rm.add_argument("id")
     args = parser.parse_args(argv)
     try:
         token = None
@@ -169,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             except OSError as e:
                 raise CtlError(f"cannot read --token-file {args.token_file}: {e.strerror}") from None
         params = {"limit": args.limit} if args.command == "events" else \
-            {"mac": args.mac} if args.command == "release" else {}
+            {"mac": args.mac} if args.command == "release" else \
+            {"id": args.id} if args.command == "network-rm" else {}
         result = call(args.admin, METHODS[args.command], params, token)
     except CtlError as e:
         print(f"hostnic-ctl: {e}", file=sys.stderr)

@@ -26,6 +26,13 @@ Handler = Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]
 EMPTY_BODY_OK = {"Plugin.Activate", "NetworkDriver.GetCapabilities"}
 
 
+class Bodyless(BadRequest):
+    """dockerd's plugin client resends a call whose connection dropped, but
+    from the buffer the first attempt already drained: the retry of a call a
+    hostnic restart interrupted has no body (seen with dockerd 20.10; moby's
+    callWithRetry is the same in 26)."""
+
+
 @attrs.define
 class DriverAPI:
     core: Core
@@ -146,6 +153,13 @@ class DriverAPI:
         try:
             body = self._body(request, method)
             return 200, await handler(body)
+        except Bodyless as e:
+            if method == "NetworkDriver.DeleteEndpoint":
+                # Some endpoint's delete is lost, and dockerd will not ask
+                # again: settle every claim now (what reconciliation does at
+                # start-up), which releases the NICs dockerd is done with.
+                self.core.settle_all()
+            return 400, {"Err": capped(e.message)}
         except BadRequest as e:
             return 400, {"Err": capped(e.message)}
         except HostnicError as e:
@@ -163,7 +177,10 @@ class DriverAPI:
         if not raw.strip():
             if method in EMPTY_BODY_OK:
                 return {}
-            raise BadRequest(f"{method} needs a JSON body")
+            raise Bodyless(
+                f"{method} came without its body: dockerd resends a call that way when "
+                f"hostnic restarted while answering it, and hostnic cannot tell which "
+                f"network or endpoint it meant; run the docker command again")
         try:
             body = loads(raw)
         except NotJSON as e:

@@ -145,6 +145,18 @@ class MethodTests(AdminTestCase):
                                      "params": [MAC1]}),
                          (-32001, f"NIC {MAC1} is not claimed by any hostnic endpoint"))
 
+    def test_an_operator_removes_a_network_dockerd_does_not_know(self) -> None:
+        code, message = self.error({"jsonrpc": "2.0", "id": 1, "method": "networks.delete",
+                                    "params": {"id": NET[:12]}})
+        self.assertEqual(code, -32002)
+        self.assertIn("still has 1 endpoint", message)
+        self.host.kernel_returns(MAC1)
+        self.result("nics.release", {"mac": MAC1})
+        self.assertEqual(self.result("networks.delete", {"id": NET[:12]}),
+                         {"id": NET, "freed": [MAC1, MAC2]})
+        self.assertEqual(self.core.state.networks, {})
+        self.assertEqual(self.durable().networks, {})
+
     def test_release_of_a_nic_that_is_gone(self) -> None:
         self.host.live_namespaces.clear()  # a virtual NIC deleted with its namespace
         del self.host.links[self.nic1.index]

@@ -10,7 +10,7 @@ from twisted.internet.defer import fail
 
 from hostnic.calls import CallLog
 from hostnic.driver import DriverAPI
-from tests.helpers import EP, MAC1, NET, CoreTestCase, endpoint_body, network_body
+from tests.helpers import EP, MAC1, NET, SANDBOX, CoreTestCase, endpoint_body, network_body
 
 URL = "http://plugin/"
 
@@ -87,7 +87,10 @@ class DriverTests(CoreTestCase):
              "option hostnic_mac must be a string, not int"),
             ("NetworkDriver.CreateEndpoint", {"NetworkID": NET}, 400, "the request has no EndpointID"),
             ("NetworkDriver.Join", [1, 2], 400, "the request body must be a JSON object"),
-            ("NetworkDriver.Join", None, 400, "NetworkDriver.Join needs a JSON body"),
+            ("NetworkDriver.Join", None, 400,
+             "NetworkDriver.Join came without its body: dockerd resends a call that way when "
+             "hostnic restarted while answering it, and hostnic cannot tell which network or "
+             "endpoint it meant; run the docker command again"),
             ("NetworkDriver.Nope", {}, 404, "hostnic does not implement 'NetworkDriver.Nope'"),
         ]
         for method, body, code, message in cases:
@@ -107,6 +110,18 @@ class DriverTests(CoreTestCase):
         self.assertEqual(self.post("", {}), (404, {"Err": "hostnic does not implement ''"}))
         self.assertEqual(self.core.state.networks, {})
         self.assertEqual(self.calls.stats["(unknown)"].count, 1)
+
+    def test_a_bodyless_delete_settles_every_claim(self) -> None:
+        # dockerd's retry of a DeleteEndpoint a restart cut short has no body;
+        # the endpoint it meant had left and its NIC is home: release it.
+        self.post("NetworkDriver.CreateNetwork", network_body(hostnic_mac=MAC1))
+        self.post("NetworkDriver.CreateEndpoint", endpoint_body())
+        ref = {"NetworkID": NET, "EndpointID": EP}
+        self.post("NetworkDriver.Join", {**ref, "SandboxKey": SANDBOX})
+        self.post("NetworkDriver.Leave", ref)
+        self.assertEqual(self.post("NetworkDriver.DeleteEndpoint", raw=b"")[0], 400)
+        self.assertEqual(self.core.state.claims, {})
+        self.assertEqual(self.host.by_mac(MAC1).name, "ens4")
 
     def test_hostile_bodies_get_short_refusals(self) -> None:
         self.assertEqual(self.post("NetworkDriver.CreateNetwork", raw=b"[" * 100_000),

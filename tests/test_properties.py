@@ -29,7 +29,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from hostnic.core import Core
-from hostnic.errors import HostnicError
+from hostnic.errors import HostError, HostnicError, StoreError
 from hostnic.model import Phase
 from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join
 from hostnic.store import StateStore
@@ -40,7 +40,6 @@ from tests.sched import Scheduler, gated_store
 EXAMPLES = int(os.environ.get("HOSTNIC_PROPERTY_EXAMPLES", "150"))
 RANDOM = bool(os.environ.get("HOSTNIC_PROPERTY_RANDOM"))  # CI replays the same histories
 STEPS = 60
-GRAVEYARD: list[object] = []  # the remains of crashed cores, never collected
 POOLS = {NET: ["52:54:00:00:00:01", "52:54:00:00:00:02"], NET2: ["52:54:00:00:00:03"]}
 
 
@@ -61,6 +60,20 @@ class Endpoint:
 
 NEXT_CALL = {"creating": "create", "created": "join", "joining": "join", "inside": "leave",
              "leaving": "leave", "back": "delete", "deleting": "delete", "failed": "delete"}
+
+
+class DeadHost:
+    """The host as a crashed process's leftover code meets it."""
+
+    def __getattr__(self, name: str) -> Any:
+        def dead(*args: Any, **kwargs: Any) -> Any:
+            raise HostError("this process has died")
+        return dead
+
+
+class DeadStore:
+    def save(self, *args: Any) -> Any:
+        raise StoreError("this process has died")
 
 
 class History:
@@ -90,13 +103,18 @@ class History:
         return store
 
     def crash(self) -> None:
-        self.core.retries.stop()
-        # What was waiting never runs. It is kept, not dropped: a dropped
-        # coroutine is closed by the garbage collector, and closing it would
-        # run its clean-up (releasing locks to other dead coroutines) against
-        # the live host, as no dead process can.
-        GRAVEYARD.append((self.scheduler, self.core))
-        self.scheduler = Scheduler()
+        """The process dies: what it was doing stops, only the disk and the
+        kernel remain. Its coroutines are unwound against dead stubs (every
+        host call and save fails), so none of them touches the live host
+        again, then a new core starts from what is on disk."""
+        dead = self.core
+        dead.retries.stop()
+        dead.retries.reactor = None
+        dead.host = dead.lender.host = DeadHost()  # type: ignore[assignment]
+        dead.ledger.store = DeadStore()
+        waiting, self.scheduler = self.scheduler.waiting, Scheduler()
+        for _, d in waiting:
+            d.errback(HostError("this process has died"))
         for endpoint in self.endpoints:
             if endpoint.inflight is not None:
                 endpoint.lost = True  # dockerd saw the connection drop

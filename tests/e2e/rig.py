@@ -14,6 +14,7 @@ namespace), namespaces, links and directories.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -21,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Iterator
 
@@ -176,17 +178,51 @@ class Rig:
             self.dockerd.kill()
             self.dockerd.wait(timeout=10)
 
-    def start_plugin(self) -> None:
-        """As a user does: twistd from the installed package."""
+    def start_plugin(self, state_dir: str | None = None, crash_at: str | None = None,
+                     wait: bool = True) -> None:
+        """As a user does: twistd from the installed package. ``crash_at``
+        arms a crash point (hostnic/faults.py) in this process only."""
+        command = ["env", f"HOSTNIC_CRASH_AT={crash_at}"] if crash_at else []
         self.plugin = self._spawn(
-            "plugin.log", TWISTD, "-n", "--pidfile=", "hostnic",
+            "plugin.log", *command, TWISTD, "-n", "--pidfile=", "hostnic",
             "--socket", "unix:/run/docker/plugins/hostnic.sock:mode=660:lockfile=1",
-            "--state-dir", self.state_dir)
+            "--state-dir", state_dir or self.state_dir)
+        if not wait:
+            return
         wait_for(lambda: self.plugin.poll() is not None or run(  # type: ignore[union-attr]
             *self.inside("sh", "-c", "test -S /run/docker/plugins/hostnic.sock"),
             check=False).returncode == 0, 30, "the hostnic socket")
         if self.plugin.poll() is not None:
             raise RigError("hostnic exited: " + self.log("plugin.log")[-2000:])
+
+    @contextlib.contextmanager
+    def supervised_plugin(self, state_dir: str | None = None,
+                          crash_at: str | None = None) -> Iterator[list[int]]:
+        """Run the plugin as systemd's Restart= would: started again at once
+        whenever it dies (the first one with ``crash_at`` armed). Yields the
+        list of exit codes seen; afterwards the rig's usual plugin is back."""
+        self.kill_plugin(signal.SIGTERM)
+        exits: list[int] = []
+        stop = threading.Event()
+        self.start_plugin(state_dir, crash_at)
+
+        def watch() -> None:
+            while not stop.is_set():
+                assert self.plugin is not None
+                if self.plugin.poll() is not None:
+                    exits.append(self.plugin.returncode)
+                    self.start_plugin(state_dir, wait=False)
+                time.sleep(0.02)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            yield exits
+        finally:
+            stop.set()
+            watcher.join()
+            self.kill_plugin(signal.SIGTERM)
+            self.start_plugin()
 
     def kill_plugin(self, sig: int = signal.SIGKILL) -> None:
         assert self.plugin is not None
