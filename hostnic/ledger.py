@@ -16,13 +16,14 @@ Taking is optimistic, freeing is pessimistic:
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable, Protocol, TypeVar
 
 import attrs
 
 from hostnic.model import Claim, Network, State
 
 Change = Callable[[State], State]
+T = TypeVar("T", Claim, Network)
 
 
 class Store(Protocol):
@@ -46,30 +47,27 @@ class Ledger:
     async def put_claim(self, old: Claim | None, new: Claim | None) -> None:
         """Replace endpoint ``(old or new).endpoint_id``'s claim with ``new``
         (None removes it), durably; StoreError if that cannot be saved."""
-        endpoint_id = (new or old).endpoint_id  # type: ignore[union-attr]
-        if new is None:
-            await self._free(lambda state: state.without_claim(endpoint_id))
-            return
-        self.state = self.state.with_claim(new)
-
-        def undo() -> None:
-            if self.state.claims.get(endpoint_id) == new:
-                self.state = (self.state.with_claim(old) if old is not None
-                              else self.state.without_claim(endpoint_id))
-
-        await self.store.save(self.to_write, undo)
+        key = (new or old).endpoint_id  # type: ignore[union-attr]
+        await self._put(lambda state: state.claims.get(key),
+                        lambda state, claim: (state.with_claim(claim) if claim is not None
+                                              else state.without_claim(key)), old, new)
 
     async def put_network(self, old: Network | None, new: Network | None) -> None:
-        network_id = (new or old).id  # type: ignore[union-attr]
+        key = (new or old).id  # type: ignore[union-attr]
+        await self._put(lambda state: state.networks.get(key),
+                        lambda state, network: (state.with_network(network) if network is not None
+                                                else state.without_network(key)), old, new)
+
+    async def _put(self, current: Callable[[State], T | None],
+                   put: Callable[[State, T | None], State], old: T | None, new: T | None) -> None:
         if new is None:
-            await self._free(lambda state: state.without_network(network_id))
+            await self._free(lambda state: put(state, None))
             return
-        self.state = self.state.with_network(new)
+        self.state = put(self.state, new)
 
         def undo() -> None:
-            if self.state.networks.get(network_id) == new:
-                self.state = (self.state.with_network(old) if old is not None
-                              else self.state.without_network(network_id))
+            if current(self.state) == new:
+                self.state = put(self.state, old)
 
         await self.store.save(self.to_write, undo)
 

@@ -50,14 +50,21 @@ class DaemonTestCase(NetnsTestCase):
              "--state-dir", os.path.join(self.work, "state"), *extra],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.addCleanup(self.kill)
+        self.wait_started()
+
+    def wait_started(self) -> None:
+        """Until the driver answers; fails with the log if hostnic exits first."""
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
                 self.call("Plugin.Activate", None)
                 return
             except OSError:
+                if self.proc is not None and self.proc.poll() is not None:
+                    break
                 time.sleep(0.05)
-        raise AssertionError("hostnic did not start: " + open(log.name).read()[-2000:])
+        with open(os.path.join(self.work, "plugin.log"), errors="replace") as f:
+            raise AssertionError("hostnic did not start: " + f.read()[-2000:])
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -61,7 +61,7 @@ class SandboxTests(DaemonTestCase):
              "--admin", f"unix:{self.admin_sock}:mode=600:lockfile=1", "--state-dir", state],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd="/")
         self.addCleanup(self.kill)
-        self.wait_for_socket()
+        self.wait_started()
 
         ref = {"NetworkID": NET, "EndpointID": EP}
         self.assertEqual(self.create_network(NET, mac), {})
@@ -79,18 +79,3 @@ class SandboxTests(DaemonTestCase):
             self.assertEqual([n["id"] for n in json.load(f)["networks"]], [NET])
         with open(log.name) as f:
             self.assertNotIn("Traceback", f.read())
-
-    def wait_for_socket(self) -> None:
-        import time
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                self.call("Plugin.Activate", None)
-                return
-            except OSError:
-                assert self.proc is not None
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.05)
-        with open(os.path.join(self.work, "plugin.log")) as f:
-            raise AssertionError("hostnic did not start in the sandbox: " + f.read()[-2000:])
