@@ -13,7 +13,8 @@ from typing import Any, Callable, Mapping, TypeVar
 
 import attrs
 
-from hostnic.model import Address, Claim, Network, NicRef, NicState, Phase, State, normalize_mac
+from hostnic.model import (Address, Claim, Network, NicRef, NicState, Phase, State,
+                           normalize_mac)
 from hostnic.errors import InvalidOption
 
 FORMAT_VERSION = 2  # 1: pools and claims held bare MACs
@@ -24,43 +25,46 @@ class StateFileError(ValueError):
     """The file's content is not a state hostnic wrote; ``str()`` names where."""
 
 
-def encode(state: State) -> bytes:
-    def nic(ref: NicRef) -> dict[str, Any]:
-        return {"mac": ref.mac, "perm": ref.perm}
+def _nic(ref: NicRef) -> dict[str, Any]:
+    return {"mac": ref.mac, "perm": ref.perm}
 
-    def recorded(n: NicState | None) -> dict[str, Any] | None:
-        return None if n is None else attrs.asdict(n, recurse=True)
 
-    data = {
-        "version": FORMAT_VERSION,
-        "networks": [
-            {"id": n.id, "pool": [nic(ref) for ref in n.pool], "gateway4": n.gateway4,
-             "gateway6": n.gateway6, "subnets": list(n.subnets), "options": dict(n.options)}
-            for n in state.networks.values()
-        ],
-        "claims": [
-            {"endpoint_id": c.endpoint_id, "network_id": c.network_id, "nic": nic(c.nic),
-             "phase": c.phase.value, "original": recorded(c.original),
-             "sandbox_key": c.sandbox_key, "created_at": c.created_at, "joined_at": c.joined_at}
-            for c in state.claims.values()
-        ],
-    }
+def network_json(n: Network) -> dict[str, Any]:
+    return {"id": n.id, "pool": [_nic(ref) for ref in n.pool], "gateway4": n.gateway4,
+            "gateway6": n.gateway6, "subnets": list(n.subnets), "options": dict(n.options)}
+
+
+def claim_json(c: Claim) -> dict[str, Any]:
+    original = None if c.original is None else attrs.asdict(c.original, recurse=True)
+    return {"endpoint_id": c.endpoint_id, "network_id": c.network_id, "nic": _nic(c.nic),
+            "phase": c.phase.value, "original": original, "sandbox_key": c.sandbox_key,
+            "created_at": c.created_at, "joined_at": c.joined_at}
+
+
+def encode(state: State, generation: int = 0) -> bytes:
+    """The snapshot file: the whole state, and which journal continues it."""
+    data = {"version": FORMAT_VERSION, "generation": generation,
+            "networks": [network_json(n) for n in state.networks.values()],
+            "claims": [claim_json(c) for c in state.claims.values()]}
     return json.dumps(data, indent=1, sort_keys=True, allow_nan=False).encode()
 
 
 def decode(raw: bytes) -> State:
-    try:
-        data = json.loads(raw, parse_constant=_no_constants)
-    except RecursionError:
-        raise StateFileError("it is nested too deeply to be a state file") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise StateFileError(f"it is not JSON ({e})") from None
+    return decode_snapshot(raw)[0]
+
+
+def decode_snapshot(raw: bytes) -> tuple[State, int]:
+    """The state and the generation of the journal that continues it."""
+    data = _json(raw)
     reader = _Reader()
     top = reader.object(data, "the file")
     version = top.get("version")
     if version not in (1, FORMAT_VERSION):
         raise StateFileError(f"version: {version!r} is not a format this hostnic reads "
                              f"(1 or {FORMAT_VERSION})")
+    generation = top.get("generation", 0)
+    if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
+        raise StateFileError(f"generation: {generation!r} is not a journal generation")
     networks = reader.items(top, "networks", lambda n, at: reader.network(n, at, version))
     claims = reader.items(top, "claims", lambda c, at: reader.claim(c, at, version))
     by_id = {n.id: n for n in networks}
@@ -69,7 +73,55 @@ def decode(raw: bytes) -> State:
     by_endpoint = {c.endpoint_id: c for c in claims}
     if len(by_endpoint) != len(claims):
         raise StateFileError("claims: an endpoint id appears twice")
-    return State(networks=by_id, claims=by_endpoint)
+    return State(networks=by_id, claims=by_endpoint), generation
+
+
+# -- journal records: one change each ----------------------------------------
+
+def changes(before: State, after: State) -> list[dict[str, Any]]:
+    """The records that turn ``before`` into ``after`` (objects are immutable
+    and a change replaces one: identity settles most comparisons at once)."""
+    records: list[dict[str, Any]] = []
+    for key, network in after.networks.items():
+        held = before.networks.get(key)
+        if held is not network and held != network:
+            records.append({"put": "network", "value": network_json(network)})
+    for key, claim in after.claims.items():
+        had = before.claims.get(key)
+        if had is not claim and had != claim:
+            records.append({"put": "claim", "value": claim_json(claim)})
+    records += [{"drop": "network", "id": key} for key in before.networks
+                if key not in after.networks]
+    records += [{"drop": "claim", "id": key} for key in before.claims if key not in after.claims]
+    return records
+
+
+def encode_record(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, sort_keys=True, allow_nan=False, separators=(",", ":")).encode()
+
+
+def apply_record(state: State, raw: bytes, at: str) -> State:
+    reader = _Reader()
+    record = reader.object(_json(raw), at)
+    kind = record.get("put") or record.get("drop")
+    if kind not in ("network", "claim"):
+        raise StateFileError(f"{at}: not a change hostnic writes")
+    if "drop" in record:
+        key = reader.text(record, "id", at)
+        return state.without_network(key) if kind == "network" else state.without_claim(key)
+    if kind == "network":
+        return state.with_network(reader.network(record.get("value"), f"{at}.value",
+                                                 FORMAT_VERSION))
+    return state.with_claim(reader.claim(record.get("value"), f"{at}.value", FORMAT_VERSION))
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw, parse_constant=_no_constants)
+    except RecursionError:
+        raise StateFileError("it is nested too deeply to be a state file") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StateFileError(f"it is not JSON ({e})") from None
 
 
 def _no_constants(name: str) -> Any:

@@ -249,24 +249,29 @@ class FaultyFileSystem:
 
     - ``space``: bytes the disk still takes (a write past it is cut short,
       the next one fails with ENOSPC, as on a full filesystem);
-    - ``crash_at``: a step name (``write``, ``fsync``, ``replace``,
-      ``dir_fsync``) before which the process "dies" (raises ``Crash``).
+    - ``crash_at``: a step name (``write``, ``fsync``, ``fdatasync``,
+      ``replace``, ``dir_fsync``, ``unlink``) before which the process "dies"
+      (raises ``Crash``); ``crash_after`` writes let that many go first.
     """
 
     space: int | None = None
     crash_at: str | None = None
+    crash_after: int = 0
     steps: list[str] = attrs.field(factory=list)
-    _replaced: bool = False
+    _directories: set[int] = attrs.field(factory=set)
 
     def _step(self, name: str) -> None:
         self.steps.append(name)
         if self.crash_at == name:
-            raise Crash(name)
+            if self.crash_after <= 0:
+                raise Crash(name)
+            self.crash_after -= 1
 
     def open(self, path: str, flags: int, mode: int = 0o777) -> int:
-        if flags & os.O_CREAT:
-            self._replaced = False  # a new save begins
-        return os.open(path, flags, mode)
+        fd = os.open(path, flags, mode)
+        if flags & os.O_DIRECTORY:
+            self._directories.add(fd)
+        return fd
 
     def write(self, fd: int, data: bytes | memoryview) -> int:
         self._step("write")
@@ -280,16 +285,28 @@ class FaultyFileSystem:
         return written
 
     def fsync(self, fd: int) -> None:
-        self._step("dir_fsync" if self._replaced else "fsync")
+        self._step("dir_fsync" if fd in self._directories else "fsync")
         os.fsync(fd)
 
+    def fdatasync(self, fd: int) -> None:
+        self._step("fdatasync")
+        os.fdatasync(fd)
+
+    def ftruncate(self, fd: int, length: int) -> None:
+        self._step("ftruncate")
+        os.ftruncate(fd, length)
+
+    def fstat(self, fd: int) -> os.stat_result:
+        return os.fstat(fd)
+
     def close(self, fd: int) -> None:
+        self._directories.discard(fd)
         os.close(fd)
 
     def replace(self, source: str, target: str) -> None:
         self._step("replace")
         os.replace(source, target)
-        self._replaced = True
 
     def unlink(self, path: str) -> None:
+        self._step("unlink")
         os.unlink(path)

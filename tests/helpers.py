@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from hostnic.core import Core, EndpointCreated, Lent
 from hostnic.model import State
 from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join
-from hostnic.statefile import decode
+from hostnic.statefile import encode
 from hostnic.store import StateStore
 from tests.fakes import FakeHost, FakeLink, run_now
 
@@ -53,15 +53,14 @@ class CoreTestCase(SynchronousTestCase):
         self.host.live_namespaces.add(SANDBOX)
         self.reactor = Clock()
         self.state_dir = self.mktemp()
-        self.store = StateStore(self.state_dir, run_now)
         self.core = self.new_core()
 
-    def new_core(self, store: StateStore | None = None) -> Core:
-        """A core as after a restart: state from disk, the same host."""
-        store = store or self.store
+    def new_core(self) -> Core:
+        """A core as after a restart: its own store reads the disk; the same host."""
+        self.store = StateStore(self.state_dir, run_now)
         self.host.detach()  # the previous process is gone
-        core = Core(host=self.host, store=store, state=store.load(), clock=lambda: 1000.0,
-                    reactor=self.reactor)
+        core = Core(host=self.host, store=self.store, state=self.store.load(),
+                    clock=lambda: 1000.0, reactor=self.reactor)
         self.call(core.start())
         return core
 
@@ -73,17 +72,21 @@ class CoreTestCase(SynchronousTestCase):
         return str(self.failureResultOf(Deferred.fromCoroutine(coroutine), kind).value)
 
     def on_disk(self) -> dict[str, Any]:
-        with open(os.path.join(self.state_dir, "state.json")) as f:
-            loaded: dict[str, Any] = json.load(f)
+        """The durable state in its JSON form."""
+        loaded: dict[str, Any] = json.loads(encode(self.durable()))
         return loaded
 
+    def disk_bytes(self) -> dict[str, bytes]:
+        """Every file of the state directory, byte for byte."""
+        contents = {}
+        for name in sorted(os.listdir(self.state_dir)):
+            with open(os.path.join(self.state_dir, name), "rb") as f:
+                contents[name] = f.read()
+        return contents
+
     def durable(self) -> State:
-        """The state as a restart would find it."""
-        try:
-            with open(os.path.join(self.state_dir, "state.json"), "rb") as f:
-                return decode(f.read())
-        except FileNotFoundError:
-            return State()
+        """The state as a restart would find it (snapshot and journal)."""
+        return StateStore(self.state_dir, run_now).read()[0]
 
     def watch_record_before_touch(self) -> list[str]:
         """Collect every change to a pooled NIC made while the disk holds no

@@ -1,7 +1,7 @@
 """A deterministic scheduler for races: concurrent core calls run one step at
 a time, in an order the test chooses.
 
-Every host call (``FakeHost.pause``) and every store write (``gated_store``)
+Every host call (``FakeHost.pause``) and every store write (``gated``)
 is a point where the calling coroutine stops; ``step(i)`` lets the i-th
 waiting one go on. Nothing runs in parallel, so an interleaving found by a
 test can be replayed exactly.
@@ -15,7 +15,6 @@ from typing import Any, Callable
 import attrs
 from twisted.internet.defer import Deferred
 
-from hostnic.store import StateStore
 
 
 @attrs.define
@@ -56,14 +55,15 @@ class Scheduler:
         self.run(lambda n: rng.randrange(n))
 
 
-def gated_store(directory: str, scheduler: Scheduler) -> StateStore:
-    """A real store (real files) whose every write first waits at ``store``."""
+def gated(scheduler: Scheduler) -> Callable[..., "Deferred[Any]"]:
+    """A store's ``run_in_thread`` whose every write first waits at ``store``
+    (set it on the one store of a core: two stores must never share a directory)."""
     def run(f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
         waiting = scheduler.point("store")
         if waiting is None:
             return run_sync(f, *args)
         return waiting.addCallback(lambda _: f(*args))
-    return StateStore(directory, run)
+    return run
 
 
 def run_sync(f: Callable[..., Any], *args: Any) -> "Deferred[Any]":

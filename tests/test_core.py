@@ -8,7 +8,8 @@ from twisted.logger import globalLogPublisher
 from hostnic.errors import HostnicError, PoolExhausted, StoreError
 from hostnic.model import Address, Phase
 from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join
-from tests.sched import Scheduler, gated_store
+from tests.sched import Scheduler, gated
+from tests.fakes import run_now
 from tests.helpers import (EP, EP2, EP3, MAC1, MAC2, MAC3, NET, NET2, SANDBOX, CoreTestCase,
                            endpoint_body, join_body, network_body)
 
@@ -145,7 +146,7 @@ class EndpointTests(CoreTestCase):
         for seed in range(40):
             scheduler = Scheduler()
             self.host.pause = scheduler.point
-            self.core.ledger.store = gated_store(self.state_dir, scheduler)
+            self.store.run_in_thread = gated(scheduler)
             results = [Deferred.fromCoroutine(self.core.create_endpoint(
                 CreateEndpoint.parse(endpoint_body(e)))) for e in (EP2, EP3)]
             scheduler.run_randomly(seed)
@@ -158,7 +159,7 @@ class EndpointTests(CoreTestCase):
             self.assertEqual(sorted(c.mac for c in self.durable().claims.values()),
                              [MAC1, MAC2], seed)
             self.host.pause = None
-            self.core.ledger.store = self.store
+            self.store.run_in_thread = run_now
             winner = next(e for e in (EP2, EP3) if e in self.core.state.claims)
             self.delete_endpoint(winner)
 

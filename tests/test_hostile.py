@@ -203,8 +203,7 @@ class HostileClientTests(CoreTestCase):
         self.assertLess(len(body), 1 << 20, what)
 
     def test_a_seeded_hostile_client_gets_json_refusals_and_changes_nothing(self) -> None:
-        with open(self.store.path, "rb") as f:
-            before = f.read()
+        before = self.disk_bytes()
         garbage = Garbage(seed=20261129)
         sent = {"driver": 0, "admin": 0}
         for i in range(REQUESTS):
@@ -231,8 +230,7 @@ class HostileClientTests(CoreTestCase):
                 self.check_rpc(status, answer, f"request {i}: {raw[:300]!r}")
                 sent["admin"] += 1
         self.assertGreater(min(sent.values()), 500)
-        with open(self.store.path, "rb") as f:
-            self.assertEqual(f.read(), before)
+        self.assertEqual(self.disk_bytes(), before)
         self.assertEqual(set(self.core.state.networks), {NET})
         self.assertEqual(set(self.core.state.claims), {EP})
         # What the journal keeps of refused requests is bounded too.

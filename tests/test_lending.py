@@ -4,6 +4,7 @@ scheduler (tests/sched.py), so the interleaving really happens."""
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
@@ -11,11 +12,10 @@ from twisted.internet.defer import Deferred
 from hostnic.errors import HostError, NicUnavailable, StoreError, UnknownObject
 from hostnic.model import Address, NicRef, Phase
 from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join
-from hostnic.store import StateStore
 from tests.fakes import FakeLink, FaultyFileSystem, run_now
 from tests.helpers import (EP, EP2, MAC1, MAC2, NET, NET2, SANDBOX, CoreTestCase, join_body,
                            network_body)
-from tests.sched import Scheduler, gated_store
+from tests.sched import Scheduler, gated
 
 PERM1 = "52:54:00:aa:00:01"
 
@@ -33,12 +33,12 @@ class LendingTestCase(CoreTestCase):
         """From now on host calls and store writes wait for the scheduler."""
         scheduler = Scheduler(only=only)
         self.host.pause = scheduler.point
-        self.core.ledger.store = gated_store(self.state_dir, scheduler)
+        self.store.run_in_thread = gated(scheduler)
         return scheduler
 
     def unschedule(self) -> None:
         self.host.pause = None
-        self.core.ledger.store = self.store
+        self.store.run_in_thread = run_now
 
     def start(self, coroutine: Any) -> Deferred[Any]:
         return Deferred.fromCoroutine(coroutine)
@@ -56,19 +56,16 @@ class FullDiskTests(LendingTestCase):
 
     def test_a_full_disk_refuses_the_change_and_loses_nothing(self) -> None:
         self.host.add("ens5", MAC2)
-        with open(self.store.path, "rb") as f:
-            before = f.read()
-        full = StateStore(self.state_dir, run_now, fs=FaultyFileSystem(space=100))
-        self.core.ledger.store = full
+        before = self.durable()
+        self.store.fs = FaultyFileSystem(space=100)  # less than a journal record
         message = self.refused(self.core.create_network(CreateNetwork.parse(
             network_body(NET2, hostnic_mac=MAC2))), StoreError)
         self.assertIn("could not save its state", message)
         self.assertIn("No space left on device", message)
         self.assertNotIn(NET2, self.core.state.networks)
-        with open(self.store.path, "rb") as f:
-            self.assertEqual(f.read(), before)
-        # Space comes back: the same request works, and a restart loads.
-        self.core.ledger.store = self.store
+        self.assertEqual(self.durable(), before)  # the torn record is not read back
+        # Space comes back: the same request works, and a restart reads it.
+        self.store.fs = os
         self.create_network(NET2, hostnic_mac=MAC2)
         self.assertIn(NET2, self.new_core().state.networks)
 
@@ -193,8 +190,7 @@ class StuckClaimTests(LendingTestCase):
         self.host.dockerd_moves_in(src, SANDBOX, "192.168.7.10")
         self.leave()
         self.host.dockerd_moves_back(MAC1, src)
-        self.full = StateStore(self.state_dir, run_now, fs=FaultyFileSystem(space=0))
-        self.core.ledger.store = self.full
+        self.store.fs = FaultyFileSystem(space=0)
         self.assertIn("could not save", self.refused(
             self.core.delete_endpoint(EndpointRef(NET, EP)), StoreError))
         self.assert_home_as_before()  # restored...
@@ -203,7 +199,7 @@ class StuckClaimTests(LendingTestCase):
     def test_hostnic_retries_the_release_itself(self) -> None:
         self.reactor.advance(1)  # still full: the retry fails, and backs off
         self.assertIn(EP, self.core.state.claims)
-        self.core.ledger.store = self.store  # space again
+        self.store.fs = os  # space again
         self.reactor.advance(2)
         self.assertEqual(self.durable().claims, {})
         self.assertEqual(self.create_endpoint(EP2).mac, MAC1)

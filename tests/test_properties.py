@@ -35,7 +35,7 @@ from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join
 from hostnic.store import StateStore
 from tests.fakes import FakeHost, FaultyFileSystem
 from tests.helpers import NET, NET2, CoreTestCase, endpoint_body, network_body
-from tests.sched import Scheduler, gated_store
+from tests.sched import Scheduler, gated
 
 EXAMPLES = int(os.environ.get("HOSTNIC_PROPERTY_EXAMPLES", "150"))
 RANDOM = bool(os.environ.get("HOSTNIC_PROPERTY_RANDOM"))  # CI replays the same histories
@@ -92,15 +92,11 @@ class History:
     # -- the core, its store and its scheduler ---------------------------
 
     def attach(self, core: Core) -> None:
+        """Run ``core`` (and its one store) under the scheduler."""
         self.core = core
         self.host.pause = self.scheduler.point
-        core.ledger.store = self.store()
-
-    def store(self) -> StateStore:
-        store = gated_store(self.case.state_dir, self.scheduler)
-        if self.full:
-            store.fs = FaultyFileSystem(space=0)
-        return store
+        self.case.store.run_in_thread = gated(self.scheduler)
+        self.case.store.fs = FaultyFileSystem(space=0) if self.full else os
 
     def crash(self) -> None:
         """The process dies: what it was doing stops, only the disk and the
@@ -112,6 +108,7 @@ class History:
         dead.retries.reactor = None
         dead.host = dead.lender.host = DeadHost()  # type: ignore[assignment]
         dead.ledger.store = DeadStore()
+        dead.store = DeadStore()
         waiting, self.scheduler = self.scheduler.waiting, Scheduler()
         for _, d in waiting:
             d.errback(HostError("this process has died"))
@@ -223,9 +220,7 @@ class History:
     def set_disk(self, full: bool) -> None:
         # The same store (one writer, as in the daemon), on a disk now full or not.
         self.full = full
-        store = self.core.ledger.store
-        assert isinstance(store, StateStore)
-        store.fs = FaultyFileSystem(space=0) if full else os
+        self.case.store.fs = FaultyFileSystem(space=0) if full else os
 
     def act(self) -> None:
         waiting = [e for e in self.endpoints if e.inflight is None and e.stage in NEXT_CALL]

@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from hostnic.errors import StoreError
 from hostnic.model import Address, Claim, Network, NicRef, NicState, Phase, State
 from hostnic.statefile import encode
-from hostnic.store import StateStore, write_atomically
+from hostnic.store import StateStore
 from tests.fakes import Crash, FaultyFileSystem, run_now
 from tests.helpers import EP, MAC1, MAC2, NET
 
@@ -33,7 +33,7 @@ class StoreTests(SynchronousTestCase):
         self.store = StateStore(self.mktemp(), run_now)
         self.store.load()
 
-    def save(self, state: State, store: StateStore | None = None) -> Deferred[None]:
+    def save(self, state: State, store: StateStore | None = None) -> "Deferred[None]":
         return Deferred.fromCoroutine((store or self.store).save(lambda: state))
 
     def test_round_trip(self) -> None:
@@ -92,39 +92,105 @@ class StoreTests(SynchronousTestCase):
             with open(self.store.path, "rb") as f:
                 self.assertEqual(f.read(), raw)  # nothing is lost silently
 
+    def files(self) -> list[str]:
+        return sorted(os.listdir(self.store.directory))
+
+    def reread(self) -> State:
+        return StateStore(self.store.directory, run_now).load()
+
+    def test_changes_go_to_the_journal_and_compaction_to_a_snapshot(self) -> None:
+        store = StateStore(self.store.directory, run_now, compact_every=5)
+        store.load()
+        for n in range(1, 5):
+            self.successResultOf(self.save(big_state(n), store))
+        self.assertEqual(self.files(), ["journal.0"])  # four small appends, no rewrite
+        self.assertEqual(self.reread(), big_state(4))
+        self.successResultOf(self.save(big_state(8), store))  # past five records
+        self.assertEqual(self.files(), ["state.json"])  # a snapshot; its journal comes later
+        self.assertEqual(self.reread(), big_state(8))
+        self.successResultOf(self.save(big_state(9), store))
+        self.assertEqual(self.files(), ["journal.1", "state.json"])
+        self.assertEqual(self.reread(), big_state(9))
+        self.successResultOf(self.save(big_state(2), store))  # drops too
+        self.assertEqual(self.reread(), big_state(2))
+
+    def test_a_torn_last_record_is_ignored_and_never_appended_to(self) -> None:
+        self.successResultOf(self.save(big_state(2)))
+        journal = os.path.join(self.store.directory, "journal.0")
+        size = os.path.getsize(journal)
+        self.successResultOf(self.save(big_state(3)))
+        with open(journal, "r+b") as f:  # a crash in the middle of the last append
+            f.truncate(size + 7)
+        store = StateStore(self.store.directory, run_now)
+        self.assertEqual(store.load(), big_state(2))
+        self.successResultOf(self.save(big_state(4), store))  # a snapshot, not an append
+        self.assertEqual(self.files(), ["state.json"])
+        self.assertEqual(self.reread(), big_state(4))
+        self.flushLoggedErrors()
+
+    def test_a_damaged_record_in_the_middle_is_damage(self) -> None:
+        for n in (1, 2, 3):
+            self.successResultOf(self.save(big_state(n)))
+        journal = os.path.join(self.store.directory, "journal.0")
+        with open(journal, "r+b") as f:
+            f.seek(12)
+            f.write(b"X")
+        message = str(self.assertRaises(StoreError, self.reread))
+        self.assertIn(f"the state file {journal} is damaged (record 1 of the journal is "
+                      f"damaged and more follows it)", message)
+
     def test_a_short_write_on_a_full_disk_is_an_error_and_changes_nothing(self) -> None:
         self.successResultOf(self.save(big_state(2)))
-        with open(self.store.path, "rb") as f:
+        journal = os.path.join(self.store.directory, "journal.0")
+        with open(journal, "rb") as f:
             before = f.read()
-        full = FaultyFileSystem(space=4096)  # one page left: the write is cut short
-        store = StateStore(self.store.directory, run_now, fs=full)
-        error = self.failureResultOf(self.save(big_state(), store), StoreError).value
+        full = FaultyFileSystem(space=30)  # less than the next record
+        self.store.fs = full
+        error = self.failureResultOf(self.save(big_state(3)), StoreError).value
         self.assertIn("No space left on device", str(error))
-        self.assertEqual(full.steps[:2], ["write", "write"])  # short, then ENOSPC
-        with open(self.store.path, "rb") as f:
-            self.assertEqual(f.read(), before)
-        self.assertEqual(os.listdir(self.store.directory), ["state.json"])
-        self.assertEqual(self.store.load(), big_state(2))
+        self.assertEqual(full.steps[:3], ["write", "write", "ftruncate"])  # short, ENOSPC
+        with open(journal, "rb") as f:
+            self.assertEqual(f.read(), before)  # what got through was taken back
+        self.assertEqual(self.reread(), big_state(2))
+        # A snapshot that does not fit fails too, leaving no temp file behind.
+        full.space = 100
+        self.failureResultOf(self.save(big_state(40)), StoreError)
+        self.assertEqual(self.files(), ["journal.0"])
+        self.assertEqual(self.reread(), big_state(2))
+        self.store.fs = os  # space again: the next save works
+        self.successResultOf(self.save(big_state(40)))
+        self.assertEqual(self.reread(), big_state(40))
 
     def test_a_filesystem_that_takes_nothing_is_an_error(self) -> None:
         class Stuck(FaultyFileSystem):
             def write(self, fd: int, data: bytes | memoryview) -> int:
                 return 0
-        self.failureResultOf(self.save(big_state(1), StateStore(self.store.directory, run_now,
-                                                                fs=Stuck())), StoreError)
-        self.assertEqual(os.listdir(self.store.directory), [])
+        self.store.fs = Stuck()
+        self.failureResultOf(self.save(big_state(1)), StoreError)
+        self.assertEqual(self.reread(), State())
 
     def test_a_crash_between_any_two_steps_leaves_old_or_new(self) -> None:
-        old, new = big_state(1), big_state(3)
-        for step, survivor in (("write", old), ("fsync", old), ("replace", old),
-                               ("dir_fsync", new)):
-            self.successResultOf(self.save(old))
-            fs = FaultyFileSystem(crash_at=step)
+        """Every step of an append and of a compaction, crashed before in turn."""
+        old, new = big_state(2), big_state(3)
+        either = None  # written to the kernel, not yet flushed: a process crash keeps it
+        cases = [("write", 0, old), ("fdatasync", 0, either),  # an append
+                 ("write", 0, old), ("fsync", 0, old), ("replace", 0, old),  # a compaction
+                 ("dir_fsync", 0, new), ("unlink", 0, new)]
+        for i, (step, after, survivor) in enumerate(cases):
+            directory = self.mktemp()
+            store = StateStore(directory, run_now, compact_every=1 if i >= 2 else 1000)
+            store.load()
+            self.successResultOf(self.save(old, StateStore(directory, run_now,
+                                                           fs=FaultyFileSystem())))
+            store = StateStore(directory, run_now, compact_every=1 if i >= 2 else 1000)
+            store.load()
+            store.fs = FaultyFileSystem(crash_at=step, crash_after=after)
             with self.assertRaises(Crash):
-                write_atomically(self.store.path, encode(new), fs)
+                store._persist(new)
             # A restart: whatever is on disk must load, and be one of the two.
-            self.assertEqual(StateStore(self.store.directory, run_now).load(), survivor, step)
-            self.assertEqual(os.listdir(self.store.directory), ["state.json"], step)
+            loaded = StateStore(directory, run_now).load()
+            self.assertIn(loaded, [old, new] if survivor is None else [survivor], (i, step))
+            self.assertNotIn(".tmp.", " ".join(os.listdir(directory)), (i, step))
 
 
 class GroupCommitTests(SynchronousTestCase):

@@ -76,37 +76,49 @@ def test_a_network_whose_create_was_cut_short_can_be_removed_by_the_operator(
 def test_a_full_state_disk_refuses_network_create_and_loses_nothing(
         rig: Rig, cleanup: list, subnet: int) -> None:
     segment = rig.segment(f"10.77.{subnet}.1/24")
-    first, second = segment.add_nic(f"hn{subnet}a"), segment.add_nic(f"hn{subnet}b")
+    nics = [segment.add_nic(f"hn{subnet}{chr(97 + i)}") for i in range(16)]
     state = tempfile.mkdtemp(prefix="hostnic-full-", dir=rig.work)
     # dockerd and the plugin have a mount namespace of their own: mount there.
     run(*rig.inside("mount", "-t", "tmpfs", "-o", "size=16k", "hostnic-e2e", state))
 
     def state_file() -> str:
-        return run(*rig.inside("cat", os.path.join(state, "state.json"))).stdout
+        """Every file of the state directory, as the plugin's namespace sees it."""
+        return run(*rig.inside("sh", "-c", f"cd {state} && for f in state.json journal.*; "
+                                           f"do [ -e \"$f\" ] && echo \"== $f\" && "
+                                           f"od -An -c \"$f\"; done; true")).stdout
 
     try:
         with rig.supervised_plugin(state_dir=state) as exits:
-            create_network(rig, cleanup, f"net{subnet}", subnet, "-o", f"hostnic_mac={first.mac}")
-            before = state_file()
+            create_network(rig, cleanup, f"net{subnet}", subnet, "-o",
+                           f"hostnic_mac={nics[0].mac}")
             run(*rig.inside("sh", "-c", f"cat /dev/zero > {state}/filler"), check=False)
-            other = subnet + 100
-            error = docker_error(rig, "network", "create", "-d", "hostnic",
-                                 "-o", f"hostnic_mac={second.mac}",
-                                 "--subnet", f"10.77.{other}.0/24", f"full{subnet}")
-            cleanup.append(("network", "rm", f"full{subnet}"))
+            # The journal's last page takes a few more records, then one is
+            # cut short by the full disk: that create is refused.
+            error, made = "", 0
+            for i, nic in enumerate(nics[1:], 1):
+                before = state_file()
+                result = rig.docker("network", "create", "-d", "hostnic",
+                                    "-o", f"hostnic_mac={nic.mac}", f"full{subnet}x{i}",
+                                    check=False)
+                cleanup.append(("network", "rm", f"full{subnet}x{i}"))
+                if result.returncode != 0:
+                    error = result.stderr
+                    break
+                made += 1
             assert "could not save its state" in error and "No space left on device" in error
             assert state_file() == before  # whole, unchanged
-            before_nic = snapshot(rig, first)
+            before_nic = snapshot(rig, nics[0])
             error = docker_error(rig, "run", "--rm", "--network", f"net{subnet}", IMAGE, "true")
             assert "could not save its state" in error
-            assert snapshot(rig, first) == before_nic  # refused before it was touched
+            assert snapshot(rig, nics[0]) == before_nic  # refused before it was touched
             run(*rig.inside("rm", f"{state}/filler"))
             run_container(rig, cleanup, f"c{subnet}", "--network", f"net{subnet}")
             ping(rig, f"c{subnet}", f"10.77.{subnet}.1")
             rig.docker("rm", "-f", f"c{subnet}")
-            assert snapshot(rig, first) == before_nic
-            create_network(rig, cleanup, f"full{subnet}", other, "-o", f"hostnic_mac={second.mac}")
-            rig.docker("network", "rm", f"full{subnet}", f"net{subnet}")
+            assert snapshot(rig, nics[0]) == before_nic
+            for i in range(1, made + 1):
+                rig.docker("network", "rm", f"full{subnet}x{i}")
+            rig.docker("network", "rm", f"net{subnet}")
             assert exits == []
     finally:
         run(*rig.inside("umount", "-l", state), check=False)

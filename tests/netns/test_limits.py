@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from hostnic.store import StateStore
+from tests.fakes import run_now
 from tests.netns.nsutil import ip
 from tests.netns.test_daemon import NET, TWISTD, DaemonTestCase
 
@@ -208,38 +210,42 @@ class StartupTests(DaemonTestCase):
 
 
 class FullDiskTests(DaemonTestCase):
-    def test_a_full_state_filesystem_refuses_changes_and_keeps_the_file_whole(self) -> None:
+    def test_a_full_state_filesystem_refuses_changes_and_keeps_the_state_whole(self) -> None:
         state = os.path.join(self.work, "state")
         os.makedirs(state)
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "hostnic-test", state],
                        check=True)
         self.addCleanup(subprocess.run, ["umount", "-l", state], check=False)
-        macs = [self.veth(f"v{i}") for i in range(11)]
+        macs = [self.veth(f"v{i}") for i in range(40)]
         self.start()
-        networks = 0
-        for i, mac in enumerate(macs[:10]):
-            answer = self.create_network(f"{i:064x}", mac)
-            if answer != {}:
-                break
-            networks += 1
-        self.assertGreater(networks, 1)
-        # Fill what is left but a few bytes: the next save is cut short.
-        with open(os.path.join(state, "filler"), "wb") as f:
+        self.assertEqual(self.create_network("a" * 64, macs[0]), {})
+        with open(os.path.join(state, "filler"), "wb") as f:  # fill the filesystem
             try:
                 f.write(b"x" * (1 << 20))
             except OSError:
                 pass
-        answer = self.create_network("f" * 64, macs[-1])
+        # The journal's last page still has room for a few records; then a
+        # record is cut short by the full disk and refused.
+        answer: dict[str, str] = {}
+        networks = 1
+        for i, mac in enumerate(macs[1:], 1):
+            answer = self.create_network(f"{i:064x}", mac)
+            if answer != {}:
+                break
+            networks += 1
         self.assertIn("could not save its state", answer.get("Err", ""))
         self.assertIn("No space left on device", answer["Err"])
-        with open(os.path.join(state, "state.json")) as f:
-            on_disk = json.load(f)  # whole, and without the refused network
-        self.assertNotIn("f" * 64, [n["id"] for n in on_disk["networks"]])
-        self.assertEqual(sorted(os.listdir(state)), ["filler", "state.json"])
+        refused = f"{networks:064x}"
+        on_disk = StateStore(state, run_now).read()[0]  # whole, without the refused network
+        self.assertEqual(len(on_disk.networks), networks)
+        self.assertNotIn(refused, on_disk.networks)
+        self.assertNotIn(".tmp.", " ".join(os.listdir(state)))
+        # Still full: every change is refused, none half-made.
+        self.assertIn("could not save", self.create_network(refused, macs[networks]).get("Err", ""))
         os.unlink(os.path.join(state, "filler"))
         self.kill()
         self.start()  # the next start reads it
-        self.assertEqual(self.create_network("f" * 64, macs[-1]), {})
+        self.assertEqual(self.create_network(refused, macs[networks]), {})
         self.assertIn("already in hostnic network",
                       self.create_network("e" * 64, macs[0]).get("Err", ""))
         ip("-n", self.ns, "link", "show")  # the namespace is still fine

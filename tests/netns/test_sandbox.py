@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from hostnic.store import StateStore
+from tests.fakes import run_now
 from tests.netns.nsutil import ip
 from tests.netns.test_daemon import EP, NET, TWISTD, DaemonTestCase
 
@@ -75,7 +77,7 @@ class SandboxTests(DaemonTestCase):
         self.assertEqual(("UP" in shown["flags"], [a["local"] for a in shown["addr_info"]
                                                    if a["family"] == "inet"]),
                          (True, ["10.5.0.5"]))
-        with open(os.path.join(state, "state.json")) as f:
-            self.assertEqual([n["id"] for n in json.load(f)["networks"]], [NET])
+        # What the sandboxed daemon wrote, in its state directory.
+        self.assertEqual(list(StateStore(state, run_now).read()[0].networks), [NET])
         with open(log.name) as f:
             self.assertNotIn("Traceback", f.read())
