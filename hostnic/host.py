@@ -1,5 +1,10 @@
-"""The core's view of the host: asynchronous NIC operations that run netlink
-in threads and consult the event-driven inventory instead of dumping links.
+"""The core's view of the host.
+
+Reads come from the event-driven inventory (drained first, so it is the
+kernel's view) with no thread hop and no netlink call; only while the
+inventory resyncs or recovers do they ask the kernel, in a thread. The
+default-route check is one kernel-filtered dump in a thread. Changes run
+through pyroute2 in hostnic's one netlink thread.
 
 ``tests/fakes.py`` provides ``FakeHost`` with the same methods over an
 in-memory model of a namespace that behaves like the kernel.
@@ -13,9 +18,13 @@ from typing import Any, Callable, Protocol
 import attrs
 from twisted.internet.defer import Deferred
 
-from hostnic import netlink
-from hostnic.linkwatch import RTM_NEWLINK, LinkInfo, LinkMonitor
+from hostnic import rtnl
+from hostnic.errors import HostError
+from hostnic.linkwatch import LinkMonitor
 from hostnic.model import Address, NicRef, NicState
+from hostnic.rtnl import RTM_NEWLINK, LinkInfo
+
+Run = Callable[..., "Deferred[Any]"]
 
 
 def pci_address(name: str) -> str | None:
@@ -28,14 +37,38 @@ def pci_address(name: str) -> str | None:
         else None
 
 
+def change(name: str, *args: Any) -> Any:
+    """Run ``hostnic.netlink.<name>`` (imported on first use, in the netlink
+    thread: pyroute2 is costly to load and most starts need none of it)."""
+    from hostnic import netlink
+    return getattr(netlink, name)(*args)
+
+
+def find_nic(nic: NicRef, transit_name: str | None) -> LinkInfo | None:
+    """The kernel's answer when the inventory is not current: by transit name,
+    then by a dump of every link (this happens only while it recovers)."""
+    if transit_name is not None:
+        link = rtnl.get_link(name=transit_name)
+        if link is not None:
+            return link
+    return next((link for link in rtnl.dump_links() if nic.matches(link.mac, link.perm)), None)
+
+
+def read_state(index: int) -> NicState:
+    link = rtnl.get_link(index=index)
+    if link is None:
+        raise HostError(f"interface {index} vanished from the host")
+    return NicState(link.name, link.mac or "", link.mtu, link.up, rtnl.addresses_of(index))
+
+
 class HostPort(Protocol):
     """What the core needs from the host namespace."""
 
     def on_link_appeared(self, callback: Callable[[LinkInfo], None]) -> None: ...
     def known(self, nic: NicRef) -> list[LinkInfo]:
-        """The inventory's links for ``nic`` (a hint: no I/O, may lag)."""
+        """The links that are ``nic`` now, from the inventory (no I/O)."""
     async def locate(self, nic: NicRef, transit_name: str | None = None) -> LinkInfo | None:
-        """The host link that is ``nic`` now (confirmed), or None if it is not home."""
+        """The host link that is ``nic`` now, or None if it is not home."""
     async def locate_name(self, name: str) -> LinkInfo | None: ...
     async def carries_default_route(self, index: int) -> bool: ...
     async def read_state(self, index: int) -> NicState: ...
@@ -55,7 +88,8 @@ class HostPort(Protocol):
 @attrs.define
 class NetlinkHost:
     monitor: LinkMonitor
-    run_in_thread: Callable[..., "Deferred[Any]"]
+    run_in_thread: Run  # reads that must ask the kernel
+    run_change: Run  # the one netlink thread
 
     def on_link_appeared(self, callback: Callable[[LinkInfo], None]) -> None:
         def listener(msg_type: int, link: LinkInfo) -> None:
@@ -72,34 +106,41 @@ class NetlinkHost:
         return [found[i] for i in sorted(found)]
 
     async def locate(self, nic: NicRef, transit_name: str | None = None) -> LinkInfo | None:
-        hints = [link.index for link in self.known(nic)]
-        ready = self.monitor.ready
-        if ready and transit_name is not None \
-                and self.monitor.inventory.by_name(transit_name) is None:
-            transit_name = None  # the inventory is current: no link wears it
-        if ready and not hints and transit_name is None:
-            return None  # current from events: absent there means absent
-        found: LinkInfo | None = await self.run_in_thread(
-            netlink.find_nic, nic, hints, transit_name, not ready)
+        candidates = self.known(nic)  # drains
+        if self.monitor.ready:
+            by_name = (self.monitor.inventory.by_name(transit_name)
+                       if transit_name is not None else None)
+            # A name hostnic gave is proof enough: the MAC may have changed.
+            return by_name or (candidates[0] if candidates else None)
+        found: LinkInfo | None = await self.run_in_thread(find_nic, nic, transit_name)
         return found
 
     async def locate_name(self, name: str) -> LinkInfo | None:
-        found: LinkInfo | None = await self.run_in_thread(netlink.get_link, None, name)
+        self.monitor.drain()
+        if self.monitor.ready:
+            return self.monitor.inventory.by_name(name)
+        found: LinkInfo | None = await self.run_in_thread(rtnl.get_link, None, name)
         return found
 
     async def carries_default_route(self, index: int) -> bool:
-        carries: bool = await self.run_in_thread(netlink.carries_default_route, index)
+        carries: bool = await self.run_in_thread(rtnl.carries_default_route, index)
         return carries
 
     async def read_state(self, index: int) -> NicState:
-        state: NicState = await self.run_in_thread(netlink.read_state, index)
+        self.monitor.drain()
+        link = self.monitor.inventory.by_index(index)
+        if self.monitor.ready and link is not None:
+            return NicState(link.name, link.mac or "", link.mtu, link.up,
+                            self.monitor.inventory.addresses(index))
+        state: NicState = await self.run_in_thread(read_state, index)
         return state
 
     async def rename(self, index: int, name: str) -> None:
-        await self.run_in_thread(netlink.rename, index, name)
+        link = self.monitor.inventory.by_index(index) if self.monitor.ready else None
+        await self.run_change(change, "rename", index, name, link is None or link.up)
 
     async def restore(self, index: int, original: NicState) -> tuple[str, ...]:
-        problems: list[str] = await self.run_in_thread(netlink.restore, index, original)
+        problems: list[str] = await self.run_change(change, "restore", index, original)
         return tuple(problems)
 
     async def namespace_exists(self, path: str) -> bool:
@@ -111,8 +152,9 @@ class NetlinkHost:
         return self.monitor.inventory.all()
 
     async def addresses(self) -> dict[int, list[Address]]:
-        found: dict[int, list[Address]] = await self.run_in_thread(netlink.all_addresses)
-        return found
+        self.monitor.drain()
+        inventory = self.monitor.inventory
+        return {link.index: list(inventory.addresses(link.index)) for link in inventory.all()}
 
     async def pci_addresses(self, names: list[str]) -> dict[str, str | None]:
         def read() -> dict[str, str | None]:
@@ -121,5 +163,5 @@ class NetlinkHost:
         return found
 
     async def default_route_links(self) -> set[int]:
-        found: set[int] = await self.run_in_thread(netlink.default_route_ifindexes)
+        found: set[int] = await self.run_in_thread(rtnl.default_route_links)
         return found

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hostnic.linkwatch import LinkInfo
+from hostnic.rtnl import LinkInfo
 from hostnic.model import Address, Claim, Network, NicRef, NicState, Phase, State
 
 VIRTUAL_HINT = "virtual"

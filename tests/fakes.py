@@ -24,7 +24,7 @@ import attrs
 from twisted.internet.defer import Deferred, maybeDeferred
 
 from hostnic.errors import HostError
-from hostnic.linkwatch import IFF_LOOPBACK, IFF_UP, LinkInfo
+from hostnic.rtnl import IFF_LOOPBACK, IFF_UP, LinkInfo
 from hostnic.model import Address, NicRef, NicState
 
 V4 = socket.AF_INET

@@ -11,8 +11,10 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from hostnic.linkwatch import (IFF_UP, RTM_DELLINK, RTM_NEWLINK, Inventory, LinkInfo,
-                               LinkMonitor, parse_messages)
+from hostnic.linkwatch import Inventory, LinkMonitor
+from hostnic.model import Address
+from hostnic.rtnl import (IFF_UP, RTM_DELADDR, RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK, AddrInfo,
+                          LinkInfo, parse_messages)
 
 
 def rtattr(kind: int, value: bytes) -> bytes:
@@ -63,7 +65,23 @@ class InventoryTests(SynchronousTestCase):
                             1500, 0, "veth", perm=f"02:11:00:00:{i // 256:02x}:{i % 256:02x}")
             inv.apply(RTM_NEWLINK, link)
             inv.apply(RTM_DELLINK, link)
-        self.assertEqual(inv.index_sizes(), {"links": 0, "macs": 0, "perms": 0, "names": 0})
+        self.assertEqual(inv.index_sizes(),
+                         {"links": 0, "macs": 0, "perms": 0, "names": 0, "addresses": 0})
+
+    def test_addresses_follow_events_and_go_with_their_link(self) -> None:
+        inv = Inventory()
+        link = LinkInfo(2, "ens4", "02:00:00:00:00:01", 1500, 0, None)
+        inv.apply(RTM_NEWLINK, link)
+        v4, v6 = Address(2, "10.0.0.5", 24), Address(10, "fd00::5", 64)
+        inv.apply_address(RTM_NEWADDR, AddrInfo(2, v4))
+        inv.apply_address(RTM_NEWADDR, AddrInfo(2, v6))
+        inv.apply_address(RTM_NEWADDR, AddrInfo(2, v4))  # replayed after a resync
+        self.assertEqual(inv.addresses(2), (v4, v6))
+        inv.apply_address(RTM_DELADDR, AddrInfo(2, v4))
+        self.assertEqual(inv.addresses(2), (v6,))
+        inv.apply(RTM_DELLINK, link)  # moved to a container: its addresses are flushed
+        self.assertEqual(inv.addresses(2), ())
+        self.assertEqual(inv.index_sizes()["addresses"], 0)
 
     def test_perm_and_name_indexes(self) -> None:
         inv = Inventory()
@@ -136,13 +154,13 @@ class MonitorTests(SynchronousTestCase):
         self.sockets[0].queue += [link_message(RTM_NEWLINK, 5, "new", bytes.fromhex("020000000005")),
                                   link_message(RTM_DELLINK, 3, "gone", bytes.fromhex("020000000003"))]
         self.monitor.drain()  # arrived while dumping
-        self.dumps[0].callback([gone, LinkInfo(4, "kept", "02:00:00:00:00:04", 1500, 0, None)])
+        self.dumps[0].callback(([gone, LinkInfo(4, "kept", "02:00:00:00:00:04", 1500, 0, None)], []))
         self.assertTrue(self.monitor.ready)
         self.assertEqual([l.name for l in self.monitor.inventory.all()], ["kept", "new"])
         self.assertEqual(new.index, 5)
 
     def test_a_failed_socket_is_reopened_and_resynced(self) -> None:
-        self.dumps[0].callback([LinkInfo(4, "old", "02:00:00:00:00:04", 1500, 0, None)])
+        self.dumps[0].callback(([LinkInfo(4, "old", "02:00:00:00:00:04", 1500, 0, None)], []))
         self.assertTrue(self.monitor.ready)
         self.sockets[0].queue.append(OSError(errno.EBADF, "Bad file descriptor"))
         self.monitor.doRead()
@@ -157,7 +175,7 @@ class MonitorTests(SynchronousTestCase):
         self.assertEqual(self.reactor.readers, [self.monitor])
         waiting = self.monitor.when_ready()
         self.assertNoResult(waiting)
-        self.dumps[1].callback([LinkInfo(6, "now", "02:00:00:00:00:06", 1500, 0, None)])
+        self.dumps[1].callback(([LinkInfo(6, "now", "02:00:00:00:00:06", 1500, 0, None)], []))
         self.successResultOf(waiting)
         self.assertEqual([l.name for l in self.monitor.inventory.all()], ["now"])
 
@@ -169,12 +187,12 @@ class MonitorTests(SynchronousTestCase):
         self.reactor.advance(0.1)
         self.assertEqual(len(self.dumps), 2)  # the pause doubled
         self.reactor.advance(0.1)
-        self.dumps[2].callback([])
+        self.dumps[2].callback(([], []))
         self.assertTrue(self.monitor.ready)
         self.flushLoggedErrors()
 
     def test_the_reactor_dropping_the_socket_is_a_failure_too(self) -> None:
-        self.dumps[0].callback([])
+        self.dumps[0].callback(([], []))
         self.monitor.connectionLost(Failure(OSError("gone")))
         self.assertFalse(self.monitor.ready)
         self.reactor.advance(1)

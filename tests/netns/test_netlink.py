@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 import socket
 
 from twisted.internet.defer import Deferred
 
 from hostnic import netlink
-from hostnic.host import NetlinkHost
-from hostnic.linkwatch import LinkMonitor, dump_links
+from hostnic.host import NetlinkHost, find_nic
+from hostnic.host import read_state as host_read_state
+from hostnic import rtnl
+from hostnic.linkwatch import LinkMonitor
+from hostnic.rtnl import dump_links
 from hostnic.model import Address, NicRef, NicState
 from tests.fakes import run_now
 from tests.netns.nsutil import FakeReactor, NetnsTestCase, ip
@@ -25,9 +29,9 @@ class NetlinkTests(NetnsTestCase):
         ip("-n", self.ns, "link", "set", "ens9", "mtu", "1400", "up")
         ip("-n", self.ns, "addr", "add", "10.5.0.5/24", "dev", "ens9")
         ip("-n", self.ns, "addr", "add", "fd05::5/64", "dev", "ens9", "nodad")
-        link = netlink.get_link(name="ens9")
+        link = rtnl.get_link(name="ens9")
         assert link is not None
-        original = netlink.read_state(link.index)
+        original = host_read_state(link.index)
         self.assertEqual((original.name, original.mac, original.mtu, original.up),
                          ("ens9", mac, 1400, True))
         self.assertIn(Address(socket.AF_INET, "10.5.0.5", 24), original.addresses)
@@ -42,11 +46,11 @@ class NetlinkTests(NetnsTestCase):
         ip("-n", self.sandbox, "link", "set", "eth0", "down")
         ip("-n", self.sandbox, "link", "set", "eth0", "name", "hntransit")
         ip("-n", self.sandbox, "link", "set", "hntransit", "netns", self.ns)
-        back = netlink.find_nic(NicRef(mac), name="hntransit")
+        back = find_nic(NicRef(mac), "hntransit")
         assert back is not None
         self.assertFalse(back.up)
         self.assertEqual(netlink.restore(back.index, original), [])
-        self.assertTrue(set(netlink.read_state(back.index).addresses) >= set(original.addresses))
+        self.assertTrue(set(host_read_state(back.index).addresses) >= set(original.addresses))
         shown = json.loads(ip("-n", self.ns, "-j", "addr", "show", "dev", "ens9"))[0]
         self.assertEqual((shown["mtu"], shown["address"], "UP" in shown["flags"]), (1400, mac, True))
 
@@ -54,21 +58,21 @@ class NetlinkTests(NetnsTestCase):
         mac = self.veth("ens9")
         original = NicState("ens8", mac, 1500, True, (Address(socket.AF_INET, "10.6.0.6", 24),))
         self.veth("ens8")  # someone took the name while the NIC was lent
-        link = netlink.get_link(name="ens9")
+        link = rtnl.get_link(name="ens9")
         assert link is not None
         problems = netlink.restore(link.index, original)
         self.assertEqual(len(problems), 1)
         self.assertIn("name ens8", problems[0])
-        self.assertIn(Address(socket.AF_INET, "10.6.0.6", 24), netlink.read_state(link.index).addresses)
+        self.assertIn(Address(socket.AF_INET, "10.6.0.6", 24), host_read_state(link.index).addresses)
 
     def test_default_route_links(self) -> None:
         self.veth("mgmt0")
         ip("-n", self.ns, "addr", "add", "10.7.0.2/24", "dev", "mgmt0")
         ip("-n", self.ns, "link", "set", "mgmt0", "up")
         ip("-n", self.ns, "route", "add", "default", "via", "10.7.0.1")
-        link = netlink.get_link(name="mgmt0")
+        link = rtnl.get_link(name="mgmt0")
         assert link is not None
-        self.assertEqual(netlink.default_route_ifindexes(), {link.index})
+        self.assertEqual(rtnl.default_route_links(), {link.index})
 
     def test_default_route_of_one_link_any_table_either_family(self) -> None:
         self.veth("mgmt0")
@@ -82,35 +86,35 @@ class NetlinkTests(NetnsTestCase):
         ip("-n", self.ns, "route", "add", "default", "via", "10.8.0.1", "table", "100")
         ip("-n", self.ns, "-6", "route", "add", "default", "via", "fd09::1", "dev", "ten1")
         ip("-n", self.ns, "route", "add", "10.50.0.0/16", "via", "10.9.0.1")
-        index = {name: netlink.get_link(name=name).index  # type: ignore[union-attr]
+        index = {name: rtnl.get_link(name=name).index  # type: ignore[union-attr]
                  for name in ("mgmt0", "ten0", "ten1")}
-        self.assertTrue(netlink.carries_default_route(index["mgmt0"]))
-        self.assertTrue(netlink.carries_default_route(index["ten0"]))  # a policy table
-        self.assertTrue(netlink.carries_default_route(index["ten1"]))  # IPv6 only
+        self.assertTrue(rtnl.carries_default_route(index["mgmt0"]))
+        self.assertTrue(rtnl.carries_default_route(index["ten0"]))  # a policy table
+        self.assertTrue(rtnl.carries_default_route(index["ten1"]))  # IPv6 only
         ip("-n", self.ns, "-6", "route", "del", "default", "via", "fd09::1", "dev", "ten1")
-        self.assertFalse(netlink.carries_default_route(index["ten1"]))  # other routes only
+        self.assertFalse(rtnl.carries_default_route(index["ten1"]))  # other routes only
 
     def test_a_nic_whose_mac_changed_while_lent_is_found_by_its_transit_name(self) -> None:
         mac = self.veth("ens9")
         ip("-n", self.ns, "link", "set", "ens9", "up")
-        link = netlink.get_link(name="ens9")
+        link = rtnl.get_link(name="ens9")
         assert link is not None
-        original = netlink.read_state(link.index)
+        original = host_read_state(link.index)
         netlink.rename(link.index, "hntransit")
         ip("-n", self.ns, "link", "set", "hntransit", "netns", self.sandbox)
         ip("-n", self.sandbox, "link", "set", "hntransit", "address", "02:aa:bb:cc:dd:ee")
         ip("-n", self.sandbox, "link", "set", "hntransit", "netns", self.ns)
-        self.assertIsNone(netlink.find_nic(NicRef(mac)))  # not by its MAC any more
-        back = netlink.find_nic(NicRef(mac), name="hntransit")
+        self.assertIsNone(find_nic(NicRef(mac), None))  # not by its MAC any more
+        back = find_nic(NicRef(mac), "hntransit")
         assert back is not None
         self.assertEqual(netlink.restore(back.index, original), [])
         shown = json.loads(ip("-n", self.ns, "-j", "link", "show", "dev", "ens9"))[0]
         self.assertEqual((shown["address"], "UP" in shown["flags"]), (mac, True))
 
     def test_absent_links(self) -> None:
-        self.assertIsNone(netlink.get_link(name="nope0"))
-        self.assertIsNone(netlink.get_link(index=99999))
-        self.assertIsNone(netlink.find_nic(NicRef("02:00:00:00:00:77")))
+        self.assertIsNone(rtnl.get_link(name="nope0"))
+        self.assertIsNone(rtnl.get_link(index=99999))
+        self.assertIsNone(find_nic(NicRef("02:00:00:00:00:77"), None))
 
 
 class InventoryTests(NetnsTestCase):
@@ -173,31 +177,43 @@ class InventoryTests(NetnsTestCase):
         self.assertEqual(monitor.inventory.by_mac(mac)[0].name, "r1500")
         self.assertEqual(self.flushLoggedErrors(), [])
 
-    def test_request_path_never_dumps(self) -> None:
+    def test_the_request_path_asks_the_kernel_nothing(self) -> None:
         monitor = self.monitor()
         mac = self.veth("ens9")
-        host = NetlinkHost(monitor, run_now)
-        dumps: list[int] = []
-        real_dump = netlink.dump_links
-        netlink.dump_links = lambda: dumps.append(1) or real_dump()  # type: ignore[assignment]
-        self.addCleanup(setattr, netlink, "dump_links", real_dump)
-        found = self.successResultOf(Deferred.fromCoroutine(host.locate(NicRef(mac))))
-        assert found is not None
-        self.assertEqual(found.name, "ens9")
-        absent = self.successResultOf(Deferred.fromCoroutine(
-            host.locate(NicRef("02:00:00:00:00:77"))))
-        self.assertIsNone(absent)
-        # Restoring a NIC that is not home (still in its container) looks for
-        # it by its transit name and MAC, and dumps nothing either.
-        ip("-n", self.ns, "link", "set", "ens9", "name", "hnaway")
-        ip("-n", self.ns, "link", "set", "hnaway", "netns", self.sandbox)
-        away = self.successResultOf(Deferred.fromCoroutine(
-            host.locate(NicRef(mac), transit_name="hnaway")))
-        self.assertIsNone(away)
-        self.assertEqual(dumps, [])
-        ip("-n", self.sandbox, "link", "set", "hnaway", "netns", self.ns)
-        link = self.successResultOf(Deferred.fromCoroutine(host.locate_name("hnaway")))
-        self.assertEqual(link.mac, mac)  # type: ignore[union-attr]
+        ip("-n", self.ns, "link", "set", "ens9", "mtu", "1400", "up")
+        ip("-n", self.ns, "addr", "add", "10.5.0.5/24", "dev", "ens9")
+        ip("-n", self.ns, "addr", "add", "fd05::5/64", "dev", "ens9", "nodad")
+        host = NetlinkHost(monitor, run_now, run_now)
+        asked: list[int] = []
+        real_dump = rtnl.dump
+        rtnl.dump = lambda *a, **k: asked.append(1) or real_dump(*a, **k)  # type: ignore
+
+        def lookup(coroutine: Any) -> Any:
+            """The result of a lookup that must not ask the kernel anything."""
+            before = len(asked)
+            result = self.successResultOf(Deferred.fromCoroutine(coroutine))
+            self.assertEqual(len(asked), before)
+            return result
+
+        try:
+            found = lookup(host.locate(NicRef(mac)))
+            self.assertEqual(found.name, "ens9")
+            # The inventory's view of the NIC, addresses included, is the kernel's.
+            self.assertEqual(lookup(host.read_state(found.index)), host_read_state(found.index))
+            ip("-n", self.ns, "addr", "del", "10.5.0.5/24", "dev", "ens9")
+            state = lookup(host.read_state(found.index))
+            self.assertEqual(state, host_read_state(found.index))
+            self.assertNotIn("10.5.0.5", [a.address for a in state.addresses])
+            self.assertIsNone(lookup(host.locate(NicRef("02:00:00:00:00:77"))))
+            # Restoring a NIC that is not home (still in its container) looks
+            # for it by its transit name and MAC, and asks nothing either.
+            ip("-n", self.ns, "link", "set", "ens9", "name", "hnaway")
+            ip("-n", self.ns, "link", "set", "hnaway", "netns", self.sandbox)
+            self.assertIsNone(lookup(host.locate(NicRef(mac), transit_name="hnaway")))
+            ip("-n", self.sandbox, "link", "set", "hnaway", "netns", self.ns)
+            self.assertEqual(lookup(host.locate_name("hnaway")).mac, mac)
+        finally:
+            rtnl.dump = real_dump  # type: ignore[assignment]
 
     def test_a_broken_event_socket_heals_and_resyncs(self) -> None:
         reactor = FakeReactor()
@@ -210,7 +226,7 @@ class InventoryTests(NetnsTestCase):
         monitor.doRead()
         self.assertFalse(monitor.ready)
         self.flushLoggedErrors()
-        host = NetlinkHost(monitor, run_now)
+        host = NetlinkHost(monitor, run_now, run_now)
         # Not current: a lookup confirms with the kernel rather than trust it.
         found = self.successResultOf(Deferred.fromCoroutine(host.locate(NicRef(mac))))
         self.assertEqual(found.name, "late0")  # type: ignore[union-attr]
