@@ -21,13 +21,13 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from hostnic import pools
-from hostnic.calls import CallLog
+from hostnic.calls import CallLog, narrate, untold
 from hostnic.errors import HostnicError, NicUnavailable, UnknownObject
 from hostnic.faults import crashpoint
 from hostnic.host import HostPort
 from hostnic.ledger import Ledger, Store
 from hostnic.lending import Lender, Released
-from hostnic.linkwatch import LinkInfo
+from hostnic.rtnl import LinkInfo
 from hostnic.locks import KeyedLocks
 from hostnic.model import Claim, Network, NicRef, Phase, State, transit_name
 from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join
@@ -119,8 +119,8 @@ class Core:
                 # dockerd retries a create whose answer was lost: same answer.
                 difference = pools.difference(held, request)
                 if difference is None:
-                    self.log.info("network {network} created again with the same "
-                                  "options: nothing to do", network=short(network_id))
+                    narrate(f"network {short(network_id)} created again with the same "
+                            f"settings: nothing to do")
                     return
                 raise HostnicError(f"hostnic already holds network {short(network_id)} "
                                    f"with other settings: {difference}")
@@ -135,8 +135,8 @@ class Core:
                               options=dict(request.options))
             await self.ledger.put_network(None, network)
             crashpoint("network.recorded")
-        self.log.info("created network {network} with pool {pool}",
-                      network=short(network_id), pool=[self._label(n) for n in nics])
+        narrate(f"created network {short(network_id)} with pool "
+                f"{', '.join(self._label(n) for n in nics)}")
 
     async def _resolve_pool(self, request: CreateNetwork) -> list[NicRef]:
         """The NICs a request names, each found and checked on the host."""
@@ -188,11 +188,10 @@ class Core:
         async with self.locks.hold("net:" + network_id):
             network = self.state.networks.get(network_id)
             if network is None:
-                self.log.info("delete of unknown network {network}: nothing to do",
-                              network=short(network_id))
+                narrate(f"no network {short(network_id)}: nothing to do")
                 return
             await self.ledger.put_network(network, None)
-        self.log.info("deleted network {network}", network=short(network_id))
+        narrate(f"deleted network {short(network_id)}")
 
     async def forget_network(self, network_id: str) -> Network:
         """An operator removes a network dockerd does not know (its create was
@@ -241,9 +240,7 @@ class Core:
                           created_at=self.clock())
             await self.ledger.put_claim(None, claim)
             crashpoint("endpoint.recorded")
-        self.log.info("endpoint {endpoint} of network {network} claimed NIC {nic}",
-                      endpoint=short(ref.endpoint_id), network=short(network.id),
-                      nic=self._label(nic))
+        narrate(f"endpoint {short(ref.endpoint_id)} claimed NIC {self._label(nic)}")
         return EndpointCreated(nic.mac, request.interface_has_mac)
 
     def _claim_in(self, ref: EndpointRef) -> Claim:
@@ -278,8 +275,7 @@ class Core:
         async with self.locks.hold("ep:" + ref.endpoint_id):
             claim = self.state.claims.get(ref.endpoint_id)
             if claim is None:
-                self.log.info("delete of unknown endpoint {endpoint}: nothing to do",
-                              endpoint=short(ref.endpoint_id))
+                narrate(f"no endpoint {short(ref.endpoint_id)}: nothing to do")
                 return
             try:
                 async with self.locks.hold("nic:" + claim.nic.key):
@@ -369,6 +365,7 @@ class Core:
         Deferred.fromCoroutine(self._settle(nic, thorough))
 
     async def _settle(self, nic: NicRef, thorough: bool) -> None:
+        untold()  # started from a call's link event, but not part of that call
         try:
             async with self.locks.hold("nic:" + nic.key):
                 self._settling.discard(nic.key)

@@ -13,7 +13,7 @@ from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from hostnic.calls import CallLog
+from hostnic.calls import CallLog, telling
 from hostnic.core import Core
 from hostnic.errors import BadRequest, HostnicError
 from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join, network_id_of
@@ -128,19 +128,22 @@ class DriverAPI:
     async def dispatch(self, request: IRequest) -> bytes:
         started = self.clock()
         method = request.path.decode("utf-8", "replace").strip("/")
-        status, answer = await self._answer(request, method)
+        with telling() as story:
+            status, answer = await self._answer(request, method)
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", b"application/vnd.docker.plugins.v1+json")
         duration = self.clock() - started
         error = answer.get("Err")
         known = method if method in self._handlers else "(unknown)"
         self.calls.record(known, duration, error)
+        what = f": {'; '.join(story)}" if story else ""
         if error is None:
-            self.log.info("{method} ok in {ms:.1f} ms", method=known, ms=duration * 1000,
-                          outcome="ok")
+            self.log.info("{method} ok in {ms:.1f} ms{what}", method=known,
+                          ms=duration * 1000, what=what, outcome="ok")
         else:
-            self.log.warn("{method} refused in {ms:.1f} ms: {error}", method=known,
-                          ms=duration * 1000, error=error, outcome="refused", status=status)
+            self.log.warn("{method} refused in {ms:.1f} ms: {error}{what}", method=known,
+                          ms=duration * 1000, error=error, what=what, outcome="refused",
+                          status=status)
         return dumps(answer)
 
     async def _answer(self, request: IRequest, method: str) -> tuple[int, dict[str, Any]]:

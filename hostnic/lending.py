@@ -19,13 +19,19 @@ from typing import Callable
 import attrs
 from twisted.logger import Logger
 
-from hostnic.calls import CallLog
+from hostnic.calls import CallLog, narrate
 from hostnic.errors import HostnicError, NicUnavailable, StoreError, UnknownObject
 from hostnic.faults import crashpoint
 from hostnic.host import HostPort
 from hostnic.ledger import Ledger
-from hostnic.model import Claim, NicRef, Phase
+from hostnic.model import Claim, NicRef, NicState, Phase
 from hostnic.text import short
+
+
+def describe(state: NicState) -> str:
+    addresses = ", ".join(map(str, state.addresses)) or "no addresses"
+    return (f"{state.name} mtu {state.mtu} {'up' if state.up else 'down'} "
+            f"{state.mac} ({addresses})")
 
 
 @attrs.frozen
@@ -81,8 +87,7 @@ class Lender:
                 await self._undo_lend(claim, link.index)
                 raise
             crashpoint("join.renamed")
-        self.log.info("endpoint {endpoint} joins with NIC {nic} lent as {transit}",
-                      endpoint=short(endpoint_id), nic=claim.mac, transit=claim.transit_name)
+        narrate(f"NIC {claim.mac} lent as {claim.transit_name}")
         return self._current(endpoint_id)
 
     async def _record(self, claim: Claim, sandbox_key: str | None) -> Claim:
@@ -104,8 +109,7 @@ class Lender:
                               sandbox_key=sandbox_key, joined_at=self.clock())
         await self.ledger.put_claim(claim, joined)
         crashpoint("join.recorded")
-        self.log.info("endpoint {endpoint} recorded NIC {nic} as {state}",
-                      endpoint=short(claim.endpoint_id), nic=claim.mac, state=original)
+        narrate(f"recorded {describe(original)}")
         return joined
 
     async def _undo_lend(self, claim: Claim, index: int) -> None:
@@ -146,14 +150,12 @@ class Lender:
         or, if the NIC is not home yet, leave a durable note to do so."""
         claim = self._claim(endpoint_id)
         if claim is None:
-            self.log.info("delete of unknown endpoint {endpoint}: nothing to do",
-                          endpoint=short(endpoint_id))
+            narrate(f"no endpoint {short(endpoint_id)}: nothing to do")
             return
         if claim.original is None:
             await self.ledger.put_claim(claim, None)
             crashpoint("delete.released")
-            self.log.info("endpoint {endpoint} released NIC {nic} (never joined)",
-                          endpoint=short(endpoint_id), nic=claim.mac)
+            narrate(f"released NIC {claim.mac} (never joined)")
             return
         if claim.phase is Phase.JOINED:
             # Leave never reached us: durably note that dockerd is done first.
@@ -192,8 +194,7 @@ class Lender:
         if current is not None and current.nic == claim.nic:
             await self.ledger.put_claim(current, None)
             crashpoint("delete.released")
-            self.log.info("endpoint {endpoint} released NIC {nic}",
-                          endpoint=short(claim.endpoint_id), nic=claim.mac)
+            narrate(f"endpoint {short(claim.endpoint_id)} released NIC {claim.mac}")
         return True
 
     def _restored(self, claim: Claim, found_as: str, problems: tuple[str, ...]) -> None:
@@ -203,8 +204,8 @@ class Lender:
             self.log.warn("NIC {nic} (found as {name}) restored with problems: {problems}",
                           nic=claim.mac, name=found_as, problems="; ".join(problems))
         else:
-            self.log.info("NIC {nic} restored from {name} to {state}",
-                          nic=claim.mac, name=found_as, state=claim.original)
+            assert claim.original is not None
+            narrate(f"NIC {claim.mac} restored from {found_as} to {describe(claim.original)}")
 
     # -- reconciliation and link events ------------------------------------
 
@@ -266,7 +267,6 @@ class Lender:
         if current is not None:
             await self.ledger.put_claim(current, None)
         self.journal.note("release", mac=claim.mac, endpoint=claim.endpoint_id, found=True)
-        self.log.info("operator released NIC {nic} from endpoint {endpoint}",
-                      nic=claim.mac, endpoint=short(claim.endpoint_id))
+        narrate(f"operator released NIC {claim.mac} from endpoint {short(claim.endpoint_id)}")
         return Released(claim.mac, claim.endpoint_id, found=True,
                         restored=claim.original is not None, problems=problems)

@@ -197,6 +197,7 @@ class GuardedChannel(http.HTTPChannel):
 class GuardedSite(server.Site):
     protocol = GuardedChannel  # type: ignore[assignment]  # no HTTP/2 here
     requestFactory = GuardedRequest
+    noisy = False  # no "Starting factory" lines
 
     def __init__(self, resource: IResource, refusal: Refusal, limits: Limits = Limits(),
                  authorize: Callable[[IRequest], bool] | None = None,

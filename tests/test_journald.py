@@ -6,7 +6,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from hostnic.journald import JournaldObserver
+from hostnic.journald import JournaldObserver, TextObserver
 
 
 class JournaldTests(SynchronousTestCase):
@@ -28,3 +28,23 @@ class JournaldTests(SynchronousTestCase):
                                      "<7>[hostnic.test] detail"])
         self.assertTrue(all(line.startswith("<2>") for line in lines[5:]))
         self.assertIn("ZeroDivisionError", out.getvalue())
+
+
+class TextObserverTests(SynchronousTestCase):
+    def test_lines_carry_time_namespace_and_level(self) -> None:
+        out = io.StringIO()
+        log = Logger(namespace="hostnic.test", observer=TextObserver(out))
+        log.info("joined {endpoint}", endpoint="abc")
+        log.warn("careful")
+        lines = out.getvalue().splitlines()
+        self.assertRegex(lines[0], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} "
+                                   r"\[hostnic\.test#info\] joined abc$")
+        self.assertTrue(lines[1].endswith("[hostnic.test#warn] careful"))
+
+    def test_twistd_uses_it_unless_told_otherwise(self) -> None:
+        from twisted.application.service import Application
+        from twisted.logger import ILogObserver
+        from hostnic.tap import HostnicServices
+        application = Application("hostnic")
+        HostnicServices().setServiceParent(application)
+        self.assertIsInstance(ILogObserver(application), TextObserver)
