@@ -9,7 +9,7 @@ idle, under the concurrency-32 load, and under that load while 2,000 other
 links flap, hostnic's RSS idle and at its peak under load, and the cold start
 to the first answered request.
 
-    python bench/fastpath.py [--links 21 2001] [--seconds 10]
+    python -m bench.fastpath [--links 21 2001] [--seconds 10] [--docker]
 Memory over a long run: bench/memory.py. Container start: bench/start_time.py.
 """
 
@@ -22,7 +22,7 @@ import subprocess
 import threading
 import time
 
-from bench.host import ERRORS, METHODS, BenchHost, lifecycle, percentile
+from bench.host import ERRORS, METHODS, TWISTD, BenchHost, lifecycle, percentile
 
 CONCURRENCY = 32
 
@@ -99,10 +99,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--links", type=int, nargs="+", default=[21, 2001])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--docker", action="store_true",
+                        help="also time container starts through a private dockerd")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("the bench needs root (namespaces and veths)")
     join_p50: dict[int, float] = {}
+    print(f"hostnic: {TWISTD}")
     for links in args.links:
         host = BenchHost(links, pool=CONCURRENCY)
         try:
@@ -158,6 +161,12 @@ def main() -> None:
         low, high = min(join_p50), max(join_p50)
         print(f"Join p50 {high} links / {low} links: {join_p50[high] * 1000:.2f} / "
               f"{join_p50[low] * 1000:.2f} ms = {join_p50[high] / join_p50[low]:.2f}")
+    if args.docker:
+        from bench.start_time import run_with_rig
+        figures = run_with_rig()
+        print(f"container start, median of 10 (private dockerd): --network none "
+              f"{figures['none']:.3f} s, hostnic {figures['hostnic']:.3f} s (x{figures['ratio']:.2f}), "
+              f"macvlan {figures['macvlan']:.3f} s (x{figures['macvlan_ratio']:.2f})")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,12 @@ from typing import Any
 
 from hostnic.ctl import UnixHTTPConnection
 
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+# The daemon as users run it: the runtime alone (scripts/install makes
+# /opt/hostnic), not the test venv with its extra packages; else this venv's.
+RUNTIME_TWISTD = "/opt/hostnic/bin/twistd"
+TWISTD = os.environ.get("HOSTNIC_BENCH_TWISTD") or (
+    RUNTIME_TWISTD if os.path.exists(RUNTIME_TWISTD)
+    else os.path.join(os.path.dirname(sys.executable), "twistd"))
 TRANSPORT = (OSError, http.client.HTTPException, ValueError)
 
 
@@ -65,7 +70,8 @@ class BenchHost:
         """Start hostnic; seconds from spawn to the first answered request."""
         started = time.perf_counter()
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, TWISTD, "-n", "--pidfile=", "hostnic",
+            ["ip", "netns", "exec", self.netns, TWISTD, "-n", "--pidfile=",
+             *os.environ.get("HOSTNIC_BENCH_TWISTD_ARGS", "").split(), "hostnic",
              "--socket", f"unix:{self.sock}:lockfile=1",
              "--state-dir", os.path.join(self.work, "state"),
              "--admin", f"unix:{self.admin}:lockfile=1"],
