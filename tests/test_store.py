@@ -114,6 +114,16 @@ class StoreTests(SynchronousTestCase):
         self.successResultOf(self.save(big_state(2), store))  # drops too
         self.assertEqual(self.reread(), big_state(2))
 
+    def test_a_new_journal_is_named_durably_before_its_first_record_counts(self) -> None:
+        fs = FaultyFileSystem()
+        self.store.fs = fs
+        self.successResultOf(self.save(big_state(1)))
+        # Created, its directory entry flushed, then the record written and flushed:
+        # an fdatasync alone would not keep a file whose name was never synced.
+        self.assertEqual(fs.steps, ["dir_fsync", "write", "fdatasync"])
+        self.successResultOf(self.save(big_state(2)))
+        self.assertEqual(fs.steps[3:], ["write", "fdatasync"])  # later appends need none
+
     def test_a_torn_last_record_is_ignored_and_never_appended_to(self) -> None:
         self.successResultOf(self.save(big_state(2)))
         journal = os.path.join(self.store.directory, "journal.0")
