@@ -162,8 +162,9 @@ class AdminAPI:
         links = host.all_links()
         addresses = await host.addresses()
         pci = await host.pci_addresses([link.name for link in links if link.mac])
-        management = await host.default_route_links()
-        return views.nic_views(links, addresses, pci, management, self.core.state)
+        management = await host.host_default_links()
+        return views.nic_views(links, addresses, pci, management, self.core.state,
+                               self.core.lender.restores)
 
     async def nics_get(self, key: str) -> dict[str, Any]:
         mac = None

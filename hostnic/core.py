@@ -24,12 +24,13 @@ from hostnic import pools
 from hostnic.calls import CallLog, narrate, untold
 from hostnic.errors import HostnicError, NicUnavailable, UnknownObject
 from hostnic.faults import crashpoint
+from hostnic.guards import refusal
 from hostnic.host import HostPort
 from hostnic.ledger import Ledger, Store
 from hostnic.lending import Lender, Released
 from hostnic.rtnl import LinkInfo
 from hostnic.locks import KeyedLocks
-from hostnic.model import Claim, Network, NicRef, Phase, State, transit_name
+from hostnic.model import Adopted, Claim, Network, NicRef, Phase, Route, State, transit_name
 from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join
 from hostnic.retry import Retrier
 from hostnic.text import short
@@ -39,6 +40,8 @@ from hostnic.text import short
 class EndpointCreated:
     mac: str
     mac_given: bool  # dockerd already filled Interface.MacAddress
+    address4: str | None = None  # adopt mode: the NIC's own, for the fields dockerd left empty
+    address6: str | None = None
 
 
 @attrs.frozen
@@ -46,6 +49,13 @@ class Lent:
     src_name: str
     gateway4: str | None
     gateway6: str | None
+    routes: tuple[Route, ...] = ()  # adopt mode: the NIC's other routes
+
+
+def _differs(before: Adopted | None, after: Adopted) -> bool:
+    """Whether a NIC's configuration changed (not counting when it was read)."""
+    return before is None or attrs.evolve(before, read_at=0.0) != attrs.evolve(after,
+                                                                             read_at=0.0)
 
 
 @attrs.define(eq=False)
@@ -128,17 +138,41 @@ class Core:
             # "held by endpoint X" says more than "not in the host namespace".
             pools.check_free(self.state, network_id, [NicRef(m) for m in request.macs],
                              self._label)
-            nics = await self._resolve_pool(request)
+            found = await self._resolve_pool(request)
+            nics = [nic for nic, _ in found]
             pools.check_free(self.state, network_id, nics, self._label)
+            adopted = {}
+            if request.adopt:  # each NIC brings its own configuration
+                for nic, link in found:
+                    adopted[nic.mac] = await self.host.adopt(link.index)
+                    self._warn_adopted(nic, adopted[nic.mac], request.ipv6)
+                pools.check_free(self.state, network_id, nics, self._label)
             network = Network(id=network_id, pool=tuple(nics), gateway4=request.gateway4,
                               gateway6=request.gateway6, subnets=request.subnets,
-                              options=dict(request.options))
+                              options=dict(request.options), adopt=request.adopt,
+                              ipv6=request.ipv6, adopted=adopted)
             await self.ledger.put_network(None, network)
             crashpoint("network.recorded")
-        narrate(f"created network {short(network_id)} with pool "
-                f"{', '.join(self._label(n) for n in nics)}")
+        narrate(f"created {'adopt-mode ' if request.adopt else ''}network "
+                f"{short(network_id)} with pool {', '.join(self._label(n) for n in nics)}")
 
-    async def _resolve_pool(self, request: CreateNetwork) -> list[NicRef]:
+    def _warn_adopted(self, nic: NicRef, adopted: Adopted, ipv6: bool) -> None:
+        """Say what adopt mode will not carry, once, where an operator looks."""
+        if adopted.address4 is None and not (ipv6 and adopted.address6):
+            self.log.warn("NIC {nic} has no global address to adopt yet: containers will "
+                          "be refused until it has one", nic=self._label(nic))
+        leased = [a for a in (adopted.address4, adopted.address6 if ipv6 else None)
+                  if a is not None and a.valid is not None]
+        if leased:
+            self.log.warn("NIC {nic}'s address {addresses} is leased; a container holds it "
+                          "as a static address and does not renew it",
+                          nic=self._label(nic), addresses=", ".join(map(str, leased)))
+        if adopted.not_carried:
+            self.log.warn("NIC {nic}: a Docker endpoint holds one IPv4 and one IPv6 address; "
+                          "not carried into containers: {addresses}", nic=self._label(nic),
+                          addresses=", ".join(map(str, adopted.not_carried)))
+
+    async def _resolve_pool(self, request: CreateNetwork) -> list[tuple[NicRef, LinkInfo]]:
         """The NICs a request names, each found and checked on the host."""
         links: list[LinkInfo] = []
         for mac in request.macs:
@@ -159,24 +193,20 @@ class Core:
             if link.mac is None:
                 raise NicUnavailable(f"interface {name} has no Ethernet MAC address")
             links.append(link)
-        nics: list[NicRef] = []
+        nics: list[tuple[NicRef, LinkInfo]] = []
         for link in links:
             assert link.mac is not None
             nic = NicRef(link.mac, link.perm)
-            if any(nic.same_nic(other) for other in nics):
+            if any(nic.same_nic(other) for other, _ in nics):
                 continue
             await self._check_lendable(nic, link)
-            nics.append(nic)
+            nics.append((nic, link))
         return nics
 
     async def _check_lendable(self, nic: NicRef, link: LinkInfo) -> None:
-        if link.loopback:
-            raise NicUnavailable(f"{link.name} is the loopback interface")
-        if await self.host.carries_default_route(link.index):
-            raise NicUnavailable(
-                f"NIC {nic.mac} ({link.name}) carries the host's default route; it looks "
-                f"like the management NIC and handing it to a container would cut "
-                f"the host off")
+        why = await refusal(self.host, nic, link)
+        if why is not None:
+            raise NicUnavailable(why)
         if link.kind is not None:
             self.log.warn(
                 "NIC {mac} ({name}) is a virtual {kind} link: if a container's "
@@ -223,7 +253,7 @@ class Core:
                 if held.network_id != ref.network_id:
                     raise HostnicError(f"endpoint {short(ref.endpoint_id)} already exists "
                                        f"in another network")
-                return EndpointCreated(held.mac, request.interface_has_mac)  # a retry
+                return self._created(held, request)  # a retry: the same answer
             network = self._network(ref.network_id)
             twin = next((c for c in self.state.claims.values()
                          if c.transit_name == transit_name(ref.endpoint_id)), None)
@@ -237,11 +267,49 @@ class Core:
             nic = pools.choose(self.state, network, request.pinned_mac,
                                lambda n: bool(self.host.known(n)), self._label)
             claim = Claim(endpoint_id=ref.endpoint_id, network_id=network.id, nic=nic,
-                          created_at=self.clock())
+                          created_at=self.clock(), adopted=network.adopted.get(nic.mac))
             await self.ledger.put_claim(None, claim)
             crashpoint("endpoint.recorded")
+            if network.adopt:
+                claim = await self._adopt(network, claim)
         narrate(f"endpoint {short(ref.endpoint_id)} claimed NIC {self._label(nic)}")
-        return EndpointCreated(nic.mac, request.interface_has_mac)
+        return self._created(claim, request)
+
+    def _created(self, claim: Claim, request: CreateEndpoint) -> EndpointCreated:
+        network = self.state.networks.get(claim.network_id)
+        adopted = claim.adopted
+        if adopted is None or network is None or not network.adopt:
+            return EndpointCreated(claim.mac, request.interface_has_mac)
+        four, six = adopted.address4, adopted.address6 if network.ipv6 else None
+        return EndpointCreated(
+            claim.mac, request.interface_has_mac,
+            address4=four.cidr if four and not request.interface_has_address else None,
+            address6=six.cidr if six and not request.interface_has_address6 else None)
+
+    async def _adopt(self, network: Network, claim: Claim) -> Claim:
+        """Read the claimed NIC's configuration now (it is home and was not
+        lent), so the container gets what the NIC has today, DHCP renewals
+        included; refuse if it has nothing to adopt."""
+        link = await self.host.locate(claim.nic)
+        adopted = await self.host.adopt(link.index) if link is not None else claim.adopted
+        if adopted is None or (adopted.address4 is None
+                               and not (network.ipv6 and adopted.address6)):
+            await self.ledger.put_claim(claim, None)
+            raise NicUnavailable(
+                f"NIC {self._label(claim.nic)} has no global address to adopt; give it one "
+                f"(is its DHCP client done?) or create the network with --subnet and "
+                f"--gateway")
+        current = self.state.claims.get(claim.endpoint_id)
+        if current is None:
+            raise UnknownObject(f"endpoint {short(claim.endpoint_id)} was deleted meanwhile")
+        adopted_claim = attrs.evolve(current, adopted=adopted)
+        await self.ledger.put_claim(current, adopted_claim)
+        held = self.state.networks.get(network.id)
+        if held is not None and _differs(held.adopted.get(claim.mac), adopted):
+            self._warn_adopted(claim.nic, adopted, held.ipv6)
+            await self.ledger.put_network(held, attrs.evolve(
+                held, adopted={**held.adopted, claim.mac: adopted}))
+        return adopted_claim
 
     def _claim_in(self, ref: EndpointRef) -> Claim:
         claim = self.state.claims.get(ref.endpoint_id)
@@ -258,6 +326,11 @@ class Core:
             async with self.locks.hold("nic:" + claim.nic.key):
                 claim = await self.lender.lend(ref.endpoint_id, request.sandbox_key)
         network = self.state.networks.get(claim.network_id)
+        if network is not None and network.adopt and claim.adopted is not None:
+            adopted, ipv6 = claim.adopted, network.ipv6
+            return Lent(claim.transit_name, adopted.gateway4,
+                        adopted.gateway6 if ipv6 else None,
+                        tuple(r for r in adopted.routes if r.family == 2 or ipv6))
         return Lent(claim.transit_name, network.gateway4 if network else None,
                     network.gateway6 if network else None)
 

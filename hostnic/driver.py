@@ -69,7 +69,12 @@ class DriverAPI:
         async def create_endpoint(body: Mapping[str, Any]) -> dict[str, Any]:
             created = await core.create_endpoint(CreateEndpoint.parse(body))
             # Returning a field dockerd filled, even unchanged, fails the endpoint.
-            return {} if created.mac_given else {"Interface": {"MacAddress": created.mac}}
+            interface = {} if created.mac_given else {"MacAddress": created.mac}
+            if created.address4:
+                interface["Address"] = created.address4
+            if created.address6:
+                interface["AddressIPv6"] = created.address6
+            return {"Interface": interface} if interface else {}
 
         async def delete_endpoint(body: Mapping[str, Any]) -> dict[str, Any]:
             await core.delete_endpoint(EndpointRef.parse(body))
@@ -93,6 +98,12 @@ class DriverAPI:
                 answer["Gateway"] = lent.gateway4
             if lent.gateway6:
                 answer["GatewayIPv6"] = lent.gateway6
+            if lent.routes:
+                answer["StaticRoutes"] = [
+                    {"Destination": route.destination, "RoutingType": 0,
+                     "NextHop": route.gateway} if route.gateway
+                    else {"Destination": route.destination, "RoutingType": 1}
+                    for route in lent.routes]
             return answer
 
         async def leave(body: Mapping[str, Any]) -> dict[str, Any]:

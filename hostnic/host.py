@@ -13,28 +13,35 @@ in-memory model of a namespace that behaves like the kernel.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Callable, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred
 
-from hostnic import rtnl
-from hostnic.errors import HostError
+from hostnic import record, rtnl
 from hostnic.linkwatch import LinkMonitor
-from hostnic.model import Address, NicRef, NicState
+from hostnic.model import Address, Adopted, NicRef, NicState
 from hostnic.rtnl import RTM_NEWLINK, LinkInfo
 
 Run = Callable[..., "Deferred[Any]"]
 
 
-def pci_address(name: str) -> str | None:
-    """The PCI address of a NIC from sysfs, or None for a virtual one."""
+PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+
+
+def pci_address(name: str, sysfs: str = "/sys") -> str | None:
+    """The PCI address of a NIC, or None for a virtual one. A virtio NIC's
+    device is the virtio device (``virtio0``), whose parent is on the PCI bus:
+    walk up to the nearest PCI ancestor."""
     try:
-        target = os.readlink(f"/sys/class/net/{name}/device")
+        path = os.path.realpath(f"{sysfs}/class/net/{name}/device", strict=True)
     except OSError:
         return None
-    return os.path.basename(target) if "pci" in target or ":" in os.path.basename(target) \
-        else None
+    for part in reversed(path.split("/")):
+        if PCI_ADDRESS.match(part):
+            return part
+    return None
 
 
 def change(name: str, *args: Any) -> Any:
@@ -54,11 +61,14 @@ def find_nic(nic: NicRef, transit_name: str | None) -> LinkInfo | None:
     return next((link for link in rtnl.dump_links() if nic.matches(link.mac, link.perm)), None)
 
 
-def read_state(index: int) -> NicState:
-    link = rtnl.get_link(index=index)
-    if link is None:
-        raise HostError(f"interface {index} vanished from the host")
-    return NicState(link.name, link.mac or "", link.mtu, link.up, rtnl.addresses_of(index))
+# Links that sit on a parent in the same namespace (a veth's peer points at
+# it too, but is its equal, not its upper).
+UPPER_KINDS = {"macvlan", "macvtap", "ipvlan", "ipvtap", "vlan", "vxlan", "gre", "gretap"}
+
+
+def is_upper(link: LinkInfo, index: int) -> bool:
+    return (link.link == index and link.link_netnsid is None and link.index != index
+            and link.kind in UPPER_KINDS)
 
 
 class HostPort(Protocol):
@@ -70,8 +80,16 @@ class HostPort(Protocol):
     async def locate(self, nic: NicRef, transit_name: str | None = None) -> LinkInfo | None:
         """The host link that is ``nic`` now, or None if it is not home."""
     async def locate_name(self, name: str) -> LinkInfo | None: ...
-    async def carries_default_route(self, index: int) -> bool: ...
-    async def read_state(self, index: int) -> NicState: ...
+    async def is_host_default(self, index: int) -> bool:
+        """Whether the route the host itself leaves by (the main table's best
+        default, IPv4 or IPv6) goes out of this link."""
+    def uppers(self, index: int) -> tuple[LinkInfo | None, list[LinkInfo]]:
+        """The bridge, bond or team this link is a port of, and the links
+        that sit on it (VLANs, macvlans): lending it would cut them off."""
+    async def read_state(self, index: int) -> NicState:
+        """The whole record of a NIC (addresses, routes, sysctls, ...)."""
+    async def adopt(self, index: int) -> Adopted:
+        """The configuration adopt mode gives a container from this NIC."""
     async def rename(self, index: int, name: str) -> None:
         """Set the link down and rename it (the kernel refuses to rename an up
         link; a failed rename leaves it down)."""
@@ -82,7 +100,7 @@ class HostPort(Protocol):
     def all_links(self) -> list[LinkInfo]: ...
     async def addresses(self) -> dict[int, list[Address]]: ...
     async def pci_addresses(self, names: list[str]) -> dict[str, str | None]: ...
-    async def default_route_links(self) -> set[int]: ...
+    async def host_default_links(self) -> set[int]: ...
 
 
 @attrs.define
@@ -122,18 +140,23 @@ class NetlinkHost:
         found: LinkInfo | None = await self.run_in_thread(rtnl.get_link, None, name)
         return found
 
-    async def carries_default_route(self, index: int) -> bool:
-        carries: bool = await self.run_in_thread(rtnl.carries_default_route, index)
-        return carries
+    async def is_host_default(self, index: int) -> bool:
+        return index in await self.host_default_links()
+
+    def uppers(self, index: int) -> tuple[LinkInfo | None, list[LinkInfo]]:
+        self.monitor.drain()
+        inventory = self.monitor.inventory
+        link = inventory.by_index(index)
+        master = inventory.by_index(link.master) if link and link.master else None
+        return master, [other for other in inventory.all() if is_upper(other, index)]
 
     async def read_state(self, index: int) -> NicState:
-        self.monitor.drain()
-        link = self.monitor.inventory.by_index(index)
-        if self.monitor.ready and link is not None:
-            return NicState(link.name, link.mac or "", link.mtu, link.up,
-                            self.monitor.inventory.addresses(index))
-        state: NicState = await self.run_in_thread(read_state, index)
+        state: NicState = await self.run_in_thread(record.read, index)
         return state
+
+    async def adopt(self, index: int) -> Adopted:
+        adopted: Adopted = await self.run_in_thread(record.adopt, index)
+        return adopted
 
     async def rename(self, index: int, name: str) -> None:
         link = self.monitor.inventory.by_index(index) if self.monitor.ready else None
@@ -162,6 +185,6 @@ class NetlinkHost:
         found: dict[str, str | None] = await self.run_in_thread(read)
         return found
 
-    async def default_route_links(self) -> set[int]:
-        found: set[int] = await self.run_in_thread(rtnl.default_route_links)
+    async def host_default_links(self) -> set[int]:
+        found: set[int] = await self.run_in_thread(rtnl.host_default_links)
         return found

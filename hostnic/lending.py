@@ -14,7 +14,7 @@ as recorded, and the record is dropped only once that worked.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import attrs
 from twisted.logger import Logger
@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from hostnic.calls import CallLog, narrate
 from hostnic.errors import HostnicError, NicUnavailable, StoreError, UnknownObject
 from hostnic.faults import crashpoint
+from hostnic.guards import refusal
 from hostnic.host import HostPort
 from hostnic.ledger import Ledger
 from hostnic.model import Claim, NicRef, NicState, Phase
@@ -51,6 +52,9 @@ class Lender:
     ledger: Ledger
     journal: CallLog
     clock: Callable[[], float]
+    # The last restore of each NIC (by pooled MAC), for the admin view: what
+    # could not be put back is named there as well as in the log.
+    restores: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     log = Logger()
 
     def _claim(self, endpoint_id: str) -> Claim | None:
@@ -96,11 +100,10 @@ class Lender:
             raise NicUnavailable(
                 f"NIC {claim.mac} of network {short(claim.network_id)} is not in the "
                 f"host network namespace (is it inside another container?)")
-        # The host's routes may have moved since the network was created.
-        if await self.host.carries_default_route(link.index):
-            raise NicUnavailable(
-                f"NIC {claim.mac} ({link.name}) now carries the host's default route; "
-                f"handing it to a container would cut the host off")
+        # The host may have changed since the network was created.
+        why = await refusal(self.host, claim.nic, link, again=True)
+        if why is not None:
+            raise NicUnavailable(why)
         original = await self.host.read_state(link.index)
         claim = self._current(claim.endpoint_id)
         if claim.phase is not Phase.CREATED:
@@ -200,6 +203,8 @@ class Lender:
     def _restored(self, claim: Claim, found_as: str, problems: tuple[str, ...]) -> None:
         self.journal.note("restore", mac=claim.mac, endpoint=claim.endpoint_id,
                           found_as=found_as, problems=list(problems))
+        self.restores[claim.mac] = {"at": self.clock(), "endpoint": claim.endpoint_id,
+                                    "found_as": found_as, "problems": list(problems)}
         if problems:
             self.log.warn("NIC {nic} (found as {name}) restored with problems: {problems}",
                           nic=claim.mac, name=found_as, problems="; ".join(problems))

@@ -75,32 +75,127 @@ class NicRef:
         return self.mac
 
 
+IFA_F_SECONDARY, IFA_F_NODAD, IFA_F_PERMANENT = 0x01, 0x02, 0x80
+IFA_F_NOPREFIXROUTE = 0x200
+RT_SCOPE_UNIVERSE = 0
+FLAG_NAMES = {0x02: "nodad", 0x04: "optimistic", 0x08: "dadfailed", 0x10: "homeaddress",
+              0x20: "deprecated", 0x40: "tentative", 0x100: "managetempaddr",
+              0x200: "noprefixroute", 0x400: "mcautojoin", 0x800: "stable-privacy"}
+
+
 @attrs.frozen
 class Address:
-    """One address of a NIC, as recorded before it left the host."""
+    """One address of a NIC, as the kernel reports it."""
 
     family: int  # socket.AF_INET or socket.AF_INET6
     address: str
     prefixlen: int
+    flags: int = 0  # IFA_F_*: secondary, nodad, noprefixroute, ...
+    label: str | None = None  # IPv4 labels (eth0:1)
+    valid: int | None = None  # seconds of lease left when read; None: forever
+    preferred: int | None = None
+    scope: int = RT_SCOPE_UNIVERSE
+    broadcast: str | None = None  # IPv4
+
+    @property
+    def key(self) -> tuple[int, str, int]:
+        """What names the address: flags, label and lifetimes are properties of it."""
+        return self.family, self.address, self.prefixlen
+
+    @property
+    def global_scope(self) -> bool:
+        return self.scope == RT_SCOPE_UNIVERSE
+
+    @property
+    def cidr(self) -> str:
+        return f"{self.address}/{self.prefixlen}"
 
     def __str__(self) -> str:
-        return f"{self.address}/{self.prefixlen}"
+        extra = [name for bit, name in FLAG_NAMES.items() if self.flags & bit]
+        if self.valid is not None:
+            extra.append(f"valid {self.valid}s")
+        return f"{self.address}/{self.prefixlen}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+RT_TABLE_MAIN, RT_TABLE_LOCAL = 254, 255
+RTPROT_KERNEL, RTPROT_RA = 2, 9
+
+
+@attrs.frozen
+class Route:
+    """One route through a NIC, in whichever table it lives."""
+
+    family: int
+    dst: str | None  # None: the default route
+    dst_len: int
+    gateway: str | None = None
+    table: int = RT_TABLE_MAIN
+    priority: int | None = None  # the metric
+    protocol: int = 3  # RTPROT_BOOT, what `ip route add` makes
+    scope: int = RT_SCOPE_UNIVERSE
+    type: int = 1  # RTN_UNICAST
+    prefsrc: str | None = None
+
+    @property
+    def default(self) -> bool:
+        return self.dst_len == 0
+
+    @property
+    def destination(self) -> str:
+        if self.default:
+            return "0.0.0.0/0" if self.family == 2 else "::/0"
+        return f"{self.dst}/{self.dst_len}"
+
+    def __str__(self) -> str:
+        parts = ["default" if self.default else self.destination]
+        if self.gateway:
+            parts.append(f"via {self.gateway}")
+        if self.table != RT_TABLE_MAIN:
+            parts.append(f"table {self.table}")
+        if self.priority is not None:
+            parts.append(f"metric {self.priority}")
+        if self.prefsrc:
+            parts.append(f"src {self.prefsrc}")
+        return " ".join(parts)
 
 
 @attrs.frozen
 class NicState:
-    """What a NIC looked like in the host namespace before hostnic lent it."""
+    """What a NIC looked like in the host namespace before hostnic lent it:
+    everything a namespace move or a container can take from it."""
 
     name: str
     mac: str
     mtu: int
     up: bool
-    addresses: tuple[Address, ...] = ()
+    addresses: tuple[Address, ...] = ()  # in the kernel's order: primaries first
+    routes: tuple[Route, ...] = ()  # through it, in every table, not made by the kernel
+    sysctls: tuple[tuple[str, str], ...] = ()  # ("ipv4/rp_filter", "1"), ...
+    alias: str | None = None
+    altnames: tuple[str, ...] = ()
+    txqlen: int | None = None
+    group: int | None = None
+    recorded_at: float = 0.0  # wall clock, to age lease lifetimes
 
     def shown_by(self, name: str, mac: str | None, mtu: int, up: bool) -> bool:
         """Whether a link looks restored to this state (what a link event shows;
         addresses come back in the same restore as these)."""
         return (name, mac, mtu, up) == (self.name, self.mac, self.mtu, self.up)
+
+
+@attrs.frozen
+class Adopted:
+    """A NIC's own configuration, as adopt mode hands it to a container.
+    A Docker endpoint holds one IPv4 and one IPv6 address: the others of the
+    NIC are named in ``not_carried``."""
+
+    address4: Address | None = None
+    address6: Address | None = None
+    gateway4: str | None = None
+    gateway6: str | None = None
+    routes: tuple[Route, ...] = ()  # other routes through the NIC, as Join's StaticRoutes
+    not_carried: tuple[Address, ...] = ()
+    read_at: float = 0.0
 
 
 @attrs.frozen
@@ -111,6 +206,10 @@ class Network:
     gateway6: str | None = None
     subnets: tuple[str, ...] = ()
     options: Mapping[str, str] = attrs.field(factory=dict)
+    # Adopt mode (--ipam-driver null): each NIC brings its own configuration.
+    adopt: bool = False
+    ipv6: bool = False
+    adopted: Mapping[str, Adopted] = attrs.field(factory=dict)  # by pool MAC
 
     def entry(self, nic: NicRef) -> NicRef | None:
         """This network's pool entry for ``nic``, if it holds that NIC."""
@@ -140,6 +239,7 @@ class Claim:
     sandbox_key: str | None = None
     created_at: float = 0.0
     joined_at: float | None = None
+    adopted: Adopted | None = None  # what adopt mode gave this endpoint
 
     @property
     def mac(self) -> str:

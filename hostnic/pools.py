@@ -70,6 +70,13 @@ def difference(held: Network, request: CreateNetwork) -> str | None:
                              ("IPv6 gateway", request.gateway6, held.gateway6)):
         if asked != had:
             differences.append(f"{what} {asked or 'none'} (held: {had or 'none'})")
+    if request.adopt != held.adopt:
+        differences.append("adopt mode (--ipam-driver null) "
+                           + ("asked" if request.adopt else "not asked")
+                           + f" (held: {'adopt' if held.adopt else 'Docker IPAM'})")
+    if request.ipv6 != held.ipv6:
+        differences.append(f"IPv6 {'on' if request.ipv6 else 'off'} "
+                           f"(held: {'on' if held.ipv6 else 'off'})")
     if tuple(request.subnets) != tuple(held.subnets):
         differences.append(f"subnets {', '.join(request.subnets) or 'none'} "
                            f"(held: {', '.join(held.subnets) or 'none'})")

@@ -82,6 +82,7 @@ def _subnet(value: str, where: str) -> str:
 class IPData:
     pool: str | None
     gateway: str | None  # plain IP
+    space: str | None = None  # "null" for --ipam-driver null
 
 
 def _ip_data(body: Mapping[str, Any], name: str) -> list[IPData]:
@@ -92,8 +93,10 @@ def _ip_data(body: Mapping[str, Any], name: str) -> list[IPData]:
             raise BadRequest(f"{name} entries must be objects")
         pool = _field(entry, "Pool", str, required=False)
         gateway = _field(entry, "Gateway", str, required=False)
+        space = _field(entry, "AddressSpace", str, required=False)
         parsed.append(IPData(pool=_subnet(pool, f"{name} pool") if pool else None,
-                             gateway=_plain_ip(gateway, f"{name} gateway") if gateway else None))
+                             gateway=_plain_ip(gateway, f"{name} gateway") if gateway else None,
+                             space=space))
     return parsed
 
 
@@ -106,6 +109,8 @@ class CreateNetwork:
     gateway6: str | None
     subnets: tuple[str, ...]
     options: Mapping[str, str]
+    adopt: bool = False  # --ipam-driver null: each NIC's own configuration
+    ipv6: bool = False  # --ipv6
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> CreateNetwork:
@@ -129,14 +134,18 @@ class CreateNetwork:
                 f"or -o {OPT_NAME}=IFNAME (several may be comma-separated)")
         v4 = _ip_data(body, "IPv4Data")
         v6 = _ip_data(body, "IPv6Data")
+        # dockerd 20.10 and 26.1 send [{"AddressSpace": "null", "Pool": "0.0.0.0/0"}]
+        # for --ipam-driver null: no addresses of Docker's, the NIC's own instead.
+        adopt = any(d.space == "null" for d in v4 + v6)
         return cls(
             network_id=network_id,
             macs=tuple(dict.fromkeys(macs)),
             names=tuple(dict.fromkeys(names)),
-            gateway4=next((d.gateway for d in v4 if d.gateway), None),
-            gateway6=next((d.gateway for d in v6 if d.gateway), None),
-            subnets=tuple(d.pool for d in v4 + v6 if d.pool),
-            options=generic)
+            gateway4=None if adopt else next((d.gateway for d in v4 if d.gateway), None),
+            gateway6=None if adopt else next((d.gateway for d in v6 if d.gateway), None),
+            subnets=() if adopt else tuple(d.pool for d in v4 + v6 if d.pool),
+            options=generic, adopt=adopt,
+            ipv6=options.get("com.docker.network.enable_ipv6") is True)
 
 
 @attrs.frozen
@@ -154,6 +163,8 @@ class CreateEndpoint:
     ref: EndpointRef
     pinned_mac: str | None
     interface_has_mac: bool
+    interface_has_address: bool = True  # dockerd's IPAM gave one: never answer one
+    interface_has_address6: bool = True
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> CreateEndpoint:
@@ -178,7 +189,10 @@ class CreateEndpoint:
                 raise InvalidOption(
                     f"--mac-address {mac} and {OPT_MAC}={pinned} name different NICs")
             pinned = mac
-        return cls(ref=ref, pinned_mac=pinned, interface_has_mac=bool(requested_mac))
+        address = _field(interface, "Address", str, required=False) or ""
+        address6 = _field(interface, "AddressIPv6", str, required=False) or ""
+        return cls(ref=ref, pinned_mac=pinned, interface_has_mac=bool(requested_mac),
+                   interface_has_address=bool(address), interface_has_address6=bool(address6))
 
 
 @attrs.frozen

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import attrs
 
-from hostnic.model import Address
+from hostnic.model import Address, Route
 
 NETLINK_ROUTE = 0
 NETLINK_GET_STRICT_CHK = 12
@@ -29,8 +29,12 @@ RTM_NEWROUTE, RTM_GETROUTE = 24, 26
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO, IFLA_PERM_ADDRESS = 1, 3, 4, 18, 54
+IFLA_LINK, IFLA_MASTER, IFLA_TXQLEN, IFLA_IFALIAS, IFLA_GROUP = 5, 10, 13, 20, 27
+IFLA_LINK_NETNSID, IFLA_PROP_LIST, IFLA_ALT_IFNAME = 37, 52, 53
 IFLA_INFO_KIND = 1
-IFA_ADDRESS, IFA_LOCAL = 1, 2
+IFA_ADDRESS, IFA_LOCAL, IFA_LABEL, IFA_BROADCAST, IFA_CACHEINFO, IFA_FLAGS = 1, 2, 3, 4, 6, 8
+RTA_DST, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_TABLE = 1, 5, 6, 7, 15
+FOREVER = 0xFFFFFFFF
 RTA_OIF, RTA_MULTIPATH = 4, 9
 RTNEXTHOP = struct.Struct("=HBBi")  # length, flags, hops, ifindex
 IFF_UP, IFF_LOOPBACK, IFF_LOWER_UP = 0x1, 0x8, 0x10000
@@ -53,6 +57,13 @@ class LinkInfo:
     flags: int
     kind: str | None  # IFLA_INFO_KIND: None for a physical NIC
     perm: str | None = None  # IFLA_PERM_ADDRESS, where the kernel reports one
+    master: int | None = None  # the bridge, bond or team it is a port of
+    link: int | None = None  # the link it sits on (a macvlan's or vlan's parent)
+    link_netnsid: int | None = None  # set when that link is in another namespace
+    alias: str | None = None
+    altnames: tuple[str, ...] = ()
+    txqlen: int | None = None
+    group: int | None = None
 
     @property
     def up(self) -> bool:
@@ -93,47 +104,104 @@ def _mac(raw: bytes) -> str | None:
     return ":".join(f"{b:02x}" for b in raw)
 
 
+def _text(value: bytes) -> str:
+    return value.rstrip(b"\0").decode("utf-8", "replace")
+
+
+def _u32(value: bytes) -> int:
+    return int(struct.unpack("=I", value[:4])[0])
+
+
 def _link(data: bytes, body: int, end: int) -> LinkInfo:
     _family, _type, index, flags, _change = IFINFOMSG.unpack_from(data, body)
     name, mac, mtu, kind, perm = "", None, 0, None, None
+    extra: dict[str, Any] = {}
     for attr, value in attributes(data, body + IFINFOMSG.size, end):
         if attr == IFLA_IFNAME:
-            name = value.rstrip(b"\0").decode("utf-8", "replace")
+            name = _text(value)
         elif attr == IFLA_ADDRESS:
             mac = _mac(value)
         elif attr == IFLA_PERM_ADDRESS:
             perm = _mac(value)
         elif attr == IFLA_MTU:
-            mtu = struct.unpack("=I", value[:4])[0]
+            mtu = _u32(value)
         elif attr == IFLA_LINKINFO:
             for sub, subvalue in attributes(value, 0, len(value)):
                 if sub == IFLA_INFO_KIND:
                     kind = subvalue.rstrip(b"\0").decode("ascii", "replace")
-    return LinkInfo(index, name, mac, mtu, flags, kind, perm)
+        elif attr == IFLA_MASTER:
+            extra["master"] = _u32(value)
+        elif attr == IFLA_LINK:
+            extra["link"] = _u32(value)
+        elif attr == IFLA_LINK_NETNSID:
+            extra["link_netnsid"] = struct.unpack("=i", value[:4])[0]
+        elif attr == IFLA_IFALIAS:
+            extra["alias"] = _text(value) or None
+        elif attr == IFLA_TXQLEN:
+            extra["txqlen"] = _u32(value)
+        elif attr == IFLA_GROUP:
+            extra["group"] = _u32(value)
+        elif attr == IFLA_PROP_LIST:
+            extra["altnames"] = tuple(_text(v) for sub, v in attributes(value, 0, len(value))
+                                      if sub == IFLA_ALT_IFNAME)
+    return LinkInfo(index, name, mac, mtu, flags, kind, perm, **extra)
 
 
 def _addr(data: bytes, body: int, end: int) -> AddrInfo | None:
-    family, prefixlen, _flags, _scope, index = IFADDRMSG.unpack_from(data, body)
-    local = address = None
+    family, prefixlen, flags, scope, index = IFADDRMSG.unpack_from(data, body)
+    local = address = label = broadcast = None
+    valid = preferred = None
     for attr, value in attributes(data, body + IFADDRMSG.size, end):
         if attr == IFA_LOCAL:
             local = value
         elif attr == IFA_ADDRESS:
             address = value
+        elif attr == IFA_FLAGS:
+            flags = _u32(value)  # all 32 bits; the header holds the low 8
+        elif attr == IFA_LABEL:
+            label = _text(value)
+        elif attr == IFA_BROADCAST and family == socket.AF_INET:
+            broadcast = socket.inet_ntop(family, value)
+        elif attr == IFA_CACHEINFO:
+            preferred_lft, valid_lft = struct.unpack_from("=II", value)
+            valid = None if valid_lft == FOREVER else valid_lft
+            preferred = None if preferred_lft == FOREVER else preferred_lft
     raw = local or address  # IFA_LOCAL is this host's end of a point-to-point link
     if raw is None or family not in (socket.AF_INET, socket.AF_INET6):
         return None
-    return AddrInfo(index, Address(family, socket.inet_ntop(family, raw), prefixlen))
+    return AddrInfo(index, Address(family, socket.inet_ntop(family, raw), prefixlen, flags,
+                                   label, valid, preferred, scope, broadcast))
 
 
-def _route(data: bytes, body: int, end: int) -> tuple[int, int, int, set[int]]:
-    """(family, dst_len, type, output interfaces) of a route."""
-    family, dst_len, *_, route_type, _flags = RTMSG.unpack_from(data, body)
+@attrs.frozen
+class RouteInfo:
+    route: Route
+    oifs: frozenset[int]
+    multipath: bool
+
+
+def _route(data: bytes, body: int, end: int) -> RouteInfo:
+    family, dst_len, _src_len, _tos, table, protocol, scope, route_type, _flags = \
+        RTMSG.unpack_from(data, body)
     oifs: set[int] = set()
+    dst = gateway = prefsrc = None
+    priority = None
+    multipath = False
     for attr, value in attributes(data, body + RTMSG.size, end):
         if attr == RTA_OIF:
-            oifs.add(struct.unpack("=I", value[:4])[0])
+            oifs.add(_u32(value))
+        elif attr == RTA_DST:
+            dst = socket.inet_ntop(family, value)
+        elif attr == RTA_GATEWAY:
+            gateway = socket.inet_ntop(family, value)
+        elif attr == RTA_PREFSRC:
+            prefsrc = socket.inet_ntop(family, value)
+        elif attr == RTA_PRIORITY:
+            priority = _u32(value)
+        elif attr == RTA_TABLE:
+            table = _u32(value)
         elif attr == RTA_MULTIPATH:
+            multipath = True
             offset = 0
             while offset + RTNEXTHOP.size <= len(value):
                 length, _hop_flags, _hops, index = RTNEXTHOP.unpack_from(value, offset)
@@ -141,14 +209,15 @@ def _route(data: bytes, body: int, end: int) -> tuple[int, int, int, set[int]]:
                     break
                 oifs.add(index)
                 offset += (length + 3) & ~3
-    return family, dst_len, route_type, oifs
+    route = Route(family, dst, dst_len, gateway, table, priority, protocol, scope, route_type,
+                  prefsrc)
+    return RouteInfo(route, frozenset(oifs), multipath)
 
 
 def parse_messages(data: bytes) -> Iterator[tuple[int, Any]]:
     """Yield ``(type, value)`` per message: a LinkInfo for link messages, an
-    AddrInfo (or None) for address messages, the (family, dst_len, type,
-    output interfaces) of a route, the errno of an error, None for the end of
-    a dump."""
+    AddrInfo (or None) for address messages, a RouteInfo for routes, the
+    errno of an error, None for the end of a dump."""
     offset = 0
     while offset + NLMSGHDR.size <= len(data):
         length, msg_type, _flags, _seq, _pid = NLMSGHDR.unpack_from(data, offset)
@@ -231,27 +300,30 @@ def dump_addresses() -> list[AddrInfo]:
             if kind == RTM_NEWADDR and value is not None]
 
 
-def carries_default_route(index: int) -> bool:
-    """Whether an IPv4 or IPv6 default route (any table) goes out of this link.
-    The kernel filters the dump by output interface (strict checking), so the
-    cost does not grow with the host's routing tables."""
+def routes_via(index: int) -> list[RouteInfo]:
+    """Every IPv4 and IPv6 route out of this link, in every table (the kernel
+    filters the dumps by output interface)."""
+    found: list[RouteInfo] = []
     for family in (socket.AF_INET, socket.AF_INET6):
         body = RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0) + attribute(RTA_OIF,
                                                                        struct.pack("=I", index))
-        for kind, (_family, dst_len, route_type, _oifs) in dump(RTM_GETROUTE, body,
-                                                                 strict=True):
-            if dst_len == 0 and route_type == RTN_UNICAST:
-                return True
-    return False
+        found += [info for kind, info in dump(RTM_GETROUTE, body, strict=True)
+                  if kind == RTM_NEWROUTE]
+    return found
 
 
-def default_route_links() -> set[int]:
-    """Indexes of the links that carry an IPv4 or IPv6 default route, any table
-    (a dump of every route: for the admin view, not the request path)."""
+def host_default_links() -> set[int]:
+    """The links of the routes the host actually uses to leave: in the main
+    table, the default route with the lowest metric, IPv4 and IPv6."""
     found: set[int] = set()
     for family in (socket.AF_INET, socket.AF_INET6):
-        body = RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
-        for kind, (_family, dst_len, route_type, oifs) in dump(RTM_GETROUTE, body):
-            if dst_len == 0 and route_type == RTN_UNICAST:
-                found |= oifs
+        body = RTMSG.pack(family, 0, 0, 0, 254, 0, 0, 0, 0)  # table main
+        defaults = [info for kind, info in dump(RTM_GETROUTE, body, strict=True)
+                    if kind == RTM_NEWROUTE and info.route.default
+                    and info.route.type == RTN_UNICAST and info.route.table == 254]
+        if defaults:
+            best = min(info.route.priority or 0 for info in defaults)
+            for info in defaults:
+                if (info.route.priority or 0) == best:
+                    found |= info.oifs
     return found

@@ -13,8 +13,8 @@ from typing import Any, Callable, Mapping, TypeVar
 
 import attrs
 
-from hostnic.model import (Address, Claim, Network, NicRef, NicState, Phase, State,
-                           normalize_mac)
+from hostnic.model import (Address, Adopted, Claim, Network, NicRef, NicState, Phase, Route,
+                           State, normalize_mac)
 from hostnic.errors import InvalidOption
 
 FORMAT_VERSION = 2  # 1: pools and claims held bare MACs
@@ -29,16 +29,28 @@ def _nic(ref: NicRef) -> dict[str, Any]:
     return {"mac": ref.mac, "perm": ref.perm}
 
 
+def _plain(value: Any) -> Any:
+    """attrs values (and their tuples) as JSON-ready lists and dicts."""
+    return None if value is None else attrs.asdict(value)  # tuples become lists
+
+
 def network_json(n: Network) -> dict[str, Any]:
-    return {"id": n.id, "pool": [_nic(ref) for ref in n.pool], "gateway4": n.gateway4,
-            "gateway6": n.gateway6, "subnets": list(n.subnets), "options": dict(n.options)}
+    data: dict[str, Any] = {
+        "id": n.id, "pool": [_nic(ref) for ref in n.pool], "gateway4": n.gateway4,
+        "gateway6": n.gateway6, "subnets": list(n.subnets), "options": dict(n.options)}
+    if n.adopt:
+        data.update(adopt=True, ipv6=n.ipv6,
+                    adopted={mac: _plain(a) for mac, a in n.adopted.items()})
+    return data
 
 
 def claim_json(c: Claim) -> dict[str, Any]:
-    original = None if c.original is None else attrs.asdict(c.original, recurse=True)
-    return {"endpoint_id": c.endpoint_id, "network_id": c.network_id, "nic": _nic(c.nic),
-            "phase": c.phase.value, "original": original, "sandbox_key": c.sandbox_key,
-            "created_at": c.created_at, "joined_at": c.joined_at}
+    data = {"endpoint_id": c.endpoint_id, "network_id": c.network_id, "nic": _nic(c.nic),
+            "phase": c.phase.value, "original": _plain(c.original),
+            "sandbox_key": c.sandbox_key, "created_at": c.created_at, "joined_at": c.joined_at}
+    if c.adopted is not None:
+        data["adopted"] = _plain(c.adopted)
+    return data
 
 
 def encode(state: State, generation: int = 0) -> bytes:
@@ -191,26 +203,88 @@ class _Reader:
         subnets = obj.get("subnets", [])
         if not isinstance(subnets, list) or not all(isinstance(s, str) for s in subnets):
             raise StateFileError(f"{at}.subnets: expected a list of strings")
+        adopted = self.object(obj.get("adopted", {}), f"{at}.adopted")
         return Network(
             id=self.text(obj, "id", at),
             pool=tuple(self.nic(v, f"{at}.pool[{i}]", version) for i, v in enumerate(pool)),
             gateway4=self.text(obj, "gateway4", at, optional=True),
             gateway6=self.text(obj, "gateway6", at, optional=True),
-            subnets=tuple(subnets), options=dict(options))
+            subnets=tuple(subnets), options=dict(options),
+            adopt=bool(self.field(obj, "adopt", (bool,), at, optional=True)),
+            ipv6=bool(self.field(obj, "ipv6", (bool,), at, optional=True)),
+            adopted={self.mac(mac, f"{at}.adopted"): self.adopted(a, f"{at}.adopted.{mac}")
+                     or Adopted() for mac, a in adopted.items()})
+
+    def number(self, obj: Mapping[str, Any], key: str, at: str, optional: bool = False) -> Any:
+        return self.field(obj, key, (int,), at, optional)
+
+    def address(self, value: Any, at: str) -> Address:
+        entry = self.object(value, at)
+        return Address(family=self.number(entry, "family", at),
+                       address=self.text(entry, "address", at),
+                       prefixlen=self.number(entry, "prefixlen", at),
+                       flags=self.number(entry, "flags", at, optional=True) or 0,
+                       label=self.text(entry, "label", at, optional=True),
+                       valid=self.number(entry, "valid", at, optional=True),
+                       preferred=self.number(entry, "preferred", at, optional=True),
+                       scope=self.number(entry, "scope", at, optional=True) or 0,
+                       broadcast=self.text(entry, "broadcast", at, optional=True))
+
+    def route(self, value: Any, at: str) -> Route:
+        entry = self.object(value, at)
+        return Route(family=self.number(entry, "family", at),
+                     dst=self.text(entry, "dst", at, optional=True),
+                     dst_len=self.number(entry, "dst_len", at),
+                     gateway=self.text(entry, "gateway", at, optional=True),
+                     table=self.number(entry, "table", at),
+                     priority=self.number(entry, "priority", at, optional=True),
+                     protocol=self.number(entry, "protocol", at),
+                     scope=self.number(entry, "scope", at),
+                     type=self.number(entry, "type", at),
+                     prefsrc=self.text(entry, "prefsrc", at, optional=True))
+
+    def pairs(self, obj: Mapping[str, Any], key: str, at: str) -> tuple[tuple[str, str], ...]:
+        pairs = []
+        for entry, where in self.items(obj, key, lambda v, w: (v, w), at):
+            if not (isinstance(entry, list) and len(entry) == 2
+                    and all(isinstance(x, str) for x in entry)):
+                raise StateFileError(f"{where}: expected a [name, value] pair of strings")
+            pairs.append((entry[0], entry[1]))
+        return tuple(pairs)
 
     def recorded(self, value: Any, at: str) -> NicState | None:
         if value is None:
             return None
         obj = self.object(value, at)
-        addresses = []
-        for entry, where in self.items(obj, "addresses", lambda v, w: (v, w), at):
-            entry = self.object(entry, where)
-            addresses.append(Address(family=self.field(entry, "family", (int,), where),
-                                     address=self.text(entry, "address", where),
-                                     prefixlen=self.field(entry, "prefixlen", (int,), where)))
-        return NicState(name=self.text(obj, "name", at), mac=self.text(obj, "mac", at),
-                        mtu=self.field(obj, "mtu", (int,), at),
-                        up=self.field(obj, "up", (bool,), at), addresses=tuple(addresses))
+        altnames = obj.get("altnames", [])
+        if not isinstance(altnames, list) or not all(isinstance(a, str) for a in altnames):
+            raise StateFileError(f"{at}.altnames: expected a list of names")
+        return NicState(
+            name=self.text(obj, "name", at), mac=self.text(obj, "mac", at),
+            mtu=self.number(obj, "mtu", at), up=self.field(obj, "up", (bool,), at),
+            addresses=tuple(self.items(obj, "addresses", self.address, at)),
+            routes=tuple(self.items(obj, "routes", self.route, at)),
+            sysctls=self.pairs(obj, "sysctls", at),
+            alias=self.text(obj, "alias", at, optional=True), altnames=tuple(altnames),
+            txqlen=self.number(obj, "txqlen", at, optional=True),
+            group=self.number(obj, "group", at, optional=True),
+            recorded_at=self.field(obj, "recorded_at", (int, float), at, optional=True) or 0.0)
+
+    def adopted(self, value: Any, at: str) -> Adopted | None:
+        if value is None:
+            return None
+        obj = self.object(value, at)
+
+        def one(key: str) -> Address | None:
+            return None if obj.get(key) is None else self.address(obj[key], f"{at}.{key}")
+
+        return Adopted(address4=one("address4"), address6=one("address6"),
+                       gateway4=self.text(obj, "gateway4", at, optional=True),
+                       gateway6=self.text(obj, "gateway6", at, optional=True),
+                       routes=tuple(self.items(obj, "routes", self.route, at)),
+                       not_carried=tuple(self.items(obj, "not_carried", self.address, at)),
+                       read_at=self.field(obj, "read_at", (int, float), at, optional=True)
+                       or 0.0)
 
     def claim(self, value: Any, at: str, version: int) -> Claim:
         obj = self.object(value, at)
@@ -230,7 +304,8 @@ class _Reader:
             network_id=self.text(obj, "network_id", at), nic=nic, phase=phase,
             original=original, sandbox_key=self.text(obj, "sandbox_key", at, optional=True),
             created_at=self.field(obj, "created_at", (int, float), at, optional=True) or 0.0,
-            joined_at=self.field(obj, "joined_at", (int, float), at, optional=True))
+            joined_at=self.field(obj, "joined_at", (int, float), at, optional=True),
+            adopted=self.adopted(obj.get("adopted"), f"{at}.adopted"))
 
 
 def _kind(value: Any) -> str:

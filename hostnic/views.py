@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from hostnic.rtnl import LinkInfo
-from hostnic.model import Address, Claim, Network, NicRef, NicState, Phase, State
+from hostnic.model import Address, Adopted, Claim, Network, NicRef, NicState, Phase, State
 
 VIRTUAL_HINT = "virtual"
 
@@ -16,25 +16,44 @@ def address_list(addresses: list[Address] | tuple[Address, ...]) -> list[str]:
 
 
 def nic_state(state: NicState | None) -> dict[str, Any] | None:
+    """What was recorded of a NIC, all of it."""
     if state is None:
         return None
     return {"name": state.name, "mac": state.mac, "mtu": state.mtu,
-            "admin": "up" if state.up else "down", "addresses": address_list(state.addresses)}
+            "admin": "up" if state.up else "down", "addresses": address_list(state.addresses),
+            "routes": [str(r) for r in state.routes], "sysctls": dict(state.sysctls),
+            "alias": state.alias, "altnames": list(state.altnames), "txqlen": state.txqlen,
+            "group": state.group, "recorded_at": state.recorded_at}
+
+
+def adopted_view(adopted: Adopted | None) -> dict[str, Any] | None:
+    """The configuration adopt mode hands a container from a NIC."""
+    if adopted is None:
+        return None
+    return {"address4": str(adopted.address4) if adopted.address4 else None,
+            "address6": str(adopted.address6) if adopted.address6 else None,
+            "gateway4": adopted.gateway4, "gateway6": adopted.gateway6,
+            "routes": [str(r) for r in adopted.routes],
+            "not_carried": address_list(adopted.not_carried), "read_at": adopted.read_at}
 
 
 def claim_view(claim: Claim, present: bool) -> dict[str, Any]:
     return {"endpoint": claim.endpoint_id, "network": claim.network_id, "mac": claim.mac,
             "perm_mac": claim.nic.perm, "transit_name": claim.transit_name, "phase": claim.phase.value, "created_at": claim.created_at,
             "joined_at": claim.joined_at, "sandbox_key": claim.sandbox_key,
-            "nic_in_host": present, "original": nic_state(claim.original)}
+            "nic_in_host": present, "original": nic_state(claim.original),
+            "adopted": adopted_view(claim.adopted)}
 
 
 def network_view(network: Network, state: State, names: dict[str, str]) -> dict[str, Any]:
     users = {c.nic.key: c.endpoint_id for c in state.claims.values()}
     return {"id": network.id, "gateway4": network.gateway4, "gateway6": network.gateway6,
             "subnets": list(network.subnets), "options": dict(network.options),
+            "mode": "adopt" if network.adopt else "ipam", "ipv6": network.ipv6,
             "pool": [{"mac": nic.mac, "perm_mac": nic.perm, "name": names.get(nic.mac),
-                      "endpoint": users.get(nic.key)} for nic in network.pool]}
+                      "endpoint": users.get(nic.key),
+                      "adopted": adopted_view(network.adopted.get(nic.mac))}
+                     for nic in network.pool]}
 
 
 def nic_status(nic: NicRef, present: bool, state: State, management: bool,
@@ -52,9 +71,18 @@ def nic_status(nic: NicRef, present: bool, state: State, management: bool,
     return "management" if management else "free"
 
 
+def _kept(nic: NicRef, network: Network | None, claim: Claim | None,
+          restores: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What hostnic holds of a NIC besides the kernel's view."""
+    key = (network.entry(nic) or nic).mac if network is not None else nic.mac
+    return {"recorded": nic_state(claim.original) if claim else None,
+            "adopted": adopted_view(network.adopted.get(key)) if network else None,
+            "last_restore": restores.get(key)}
+
+
 def nic_views(links: list[LinkInfo], addresses: dict[int, list[Address]],
-              pci: dict[str, str | None], management: set[int], state: State
-              ) -> list[dict[str, Any]]:
+              pci: dict[str, str | None], management: set[int], state: State,
+              restores: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Every NIC of the host namespace, then every known NIC that is elsewhere."""
     views: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -75,7 +103,8 @@ def nic_views(links: list[LinkInfo], addresses: dict[int, list[Address]],
             "status": nic_status(nic, True, state, link.index in management, link.loopback),
             "management": link.index in management,
             "network": network.id if network else None,
-            "endpoint": claim.endpoint_id if claim else None, "where": "host"})
+            "endpoint": claim.endpoint_id if claim else None, "where": "host",
+            **_kept(nic, network, claim, restores or {})})
     elsewhere = [*(c.nic for c in state.claims.values()),
                  *(nic for n in state.networks.values() for nic in n.pool)]
     for nic in dict.fromkeys(elsewhere):
@@ -94,5 +123,5 @@ def nic_views(links: list[LinkInfo], addresses: dict[int, list[Address]],
             "management": False, "network": network.id if network else None,
             "endpoint": claim.endpoint_id if claim else None,
             "where": (claim.sandbox_key or "container") if claim and claim.original else None,
-            "original": nic_state(original)})
+            "original": nic_state(original), **_kept(nic, network, claim, restores or {})})
     return views

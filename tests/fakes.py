@@ -25,9 +25,9 @@ from twisted.internet.defer import Deferred, maybeDeferred
 
 from hostnic.errors import HostError
 from hostnic.rtnl import IFF_LOOPBACK, IFF_UP, LinkInfo
-from hostnic.model import Address, NicRef, NicState
+from hostnic.model import Address, Adopted, NicRef, NicState, Route
 
-V4 = socket.AF_INET
+V4, V6 = socket.AF_INET, socket.AF_INET6
 
 
 def run_now(f: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
@@ -47,13 +47,34 @@ class FakeLink:
     addresses: list[Address] = attrs.field(factory=list)
     where: str = "host"  # "host" or a sandbox key
     perm: str | None = None
+    routes: list[Route] = attrs.field(factory=list)
+    sysctls: dict[str, str] = attrs.field(factory=lambda: dict(DEFAULT_SYSCTLS))
+    alias: str | None = None
+    altnames: tuple[str, ...] = ()
+    txqlen: int = 1000
+    group: int = 0
+    master: int | None = None  # a bridge or bond it is a port of
+    link: int | None = None  # the link it sits on (a macvlan's parent)
 
     def info(self) -> LinkInfo:
         flags = (IFF_UP if self.up else 0) | (IFF_LOOPBACK if self.loopback else 0)
-        return LinkInfo(self.index, self.name, self.mac, self.mtu, flags, self.kind, self.perm)
+        return LinkInfo(self.index, self.name, self.mac, self.mtu, flags, self.kind, self.perm,
+                        master=self.master, link=self.link, alias=self.alias,
+                        altnames=self.altnames, txqlen=self.txqlen, group=self.group)
 
     def state(self) -> NicState:
-        return NicState(self.name, self.mac, self.mtu, self.up, tuple(self.addresses))
+        return NicState(self.name, self.mac, self.mtu, self.up, tuple(self.addresses),
+                        tuple(self.routes), tuple(sorted(self.sysctls.items())), self.alias,
+                        self.altnames, self.txqlen, self.group)
+
+    def leaves_namespace(self) -> None:
+        """What a namespace move does: addresses and routes flushed, the
+        per-device sysctls the new namespace's defaults, the link down."""
+        self.up, self.addresses, self.routes = False, [], []
+        self.sysctls = dict(DEFAULT_SYSCTLS)
+
+
+DEFAULT_SYSCTLS = {"ipv4/rp_filter": "0", "ipv6/accept_ra": "1", "ipv4/arp_ignore": "0"}
 
 
 Pause = Callable[[str, Any], "Deferred[None] | None"]
@@ -71,6 +92,8 @@ class FakeHost:
     fail: dict[str, Exception] = attrs.field(factory=dict)  # step -> error, once
     live_namespaces: set[str] = attrs.field(factory=set)
     pci: dict[str, str] = attrs.field(factory=dict)
+    read_only_sysctls: set[str] = attrs.field(factory=set)
+    now: Callable[[], float] = lambda: 1000.0  # the wall clock lease lifetimes age by
     calls: list[tuple[str, Any]] = attrs.field(factory=list)
     _callbacks: list[Callable[[LinkInfo], None]] = attrs.field(factory=list)
     _next_index: int = 2
@@ -102,6 +125,7 @@ class FakeHost:
         taken = {l.name for l in self.links.values() if l.where == sandbox}
         if name in taken:
             raise OSError(17, "File exists")
+        link.leaves_namespace()
         link.where, link.up, link.addresses = sandbox, True, [Address(V4, address, 24)]
         self.live_namespaces.add(sandbox)
         link.name = next(f"eth{i}" for i in range(100) if f"eth{i}" not in taken)
@@ -110,7 +134,8 @@ class FakeHost:
     def dockerd_moves_back(self, nic: str | FakeLink, src_name: str) -> None:
         """What dockerd does after Leave: down, rename to SrcName, move home."""
         link = nic if isinstance(nic, FakeLink) else self.by_mac(nic)
-        link.up, link.name, link.where, link.addresses = False, src_name, "host", []
+        link.leaves_namespace()
+        link.name, link.where = src_name, "host"
         self._event(link)
 
     def kernel_returns(self, nic: str | FakeLink) -> FakeLink:
@@ -119,7 +144,8 @@ class FakeHost:
         self.live_namespaces.discard(link.where)
         name = link.name if not self._host_name_taken(link.name, link.index) \
             else f"dev{link.index}"
-        link.up, link.name, link.where, link.addresses = False, name, "host", []
+        link.leaves_namespace()
+        link.name, link.where = name, "host"
         self._event(link)
         return link
 
@@ -174,17 +200,37 @@ class FakeHost:
         await self._step("locate_name", name)
         return next((l.info() for l in self.home() if l.name == name), None)
 
-    async def carries_default_route(self, index: int) -> bool:
-        await self._step("carries_default_route", index)
+    async def is_host_default(self, index: int) -> bool:
+        await self._step("is_host_default", index)
         return index in self.default_route_indexes
 
-    async def default_route_links(self) -> set[int]:
-        await self._step("default_route_links", None)
+    def uppers(self, index: int) -> tuple[LinkInfo | None, list[LinkInfo]]:
+        link = self.links.get(index)
+        master = self.links.get(link.master) if link and link.master else None
+        return (master.info() if master else None,
+                [l.info() for l in self.home() if l.link == index and l.index != index])
+
+    async def adopt(self, index: int) -> Adopted:
+        await self._step("adopt", index)
+        link = self._home_link(index)
+        v4 = [a for a in link.addresses if a.family == V4 and a.global_scope]
+        v6 = [a for a in link.addresses if a.family == V6 and a.global_scope]
+        routes = sorted(link.routes, key=lambda r: (r.table != 254, r.priority or 0))
+
+        def gateway(family: int) -> str | None:
+            return next((r.gateway for r in routes if r.family == family and r.default
+                         and r.gateway), None)
+
+        return Adopted(v4[0] if v4 else None, v6[0] if v6 else None, gateway(V4), gateway(V6),
+                       tuple(r for r in routes if not r.default), tuple(v4[1:] + v6[1:]))
+
+    async def host_default_links(self) -> set[int]:
+        await self._step("host_default_links", None)
         return set(self.default_route_indexes)
 
     async def read_state(self, index: int) -> NicState:
         await self._step("read_state", index)
-        return self._home_link(index).state()
+        return attrs.evolve(self._home_link(index).state(), recorded_at=self.now())
 
     async def rename(self, index: int, name: str) -> None:
         # As netlink.rename: down first (the kernel refuses to rename an up
@@ -203,7 +249,8 @@ class FakeHost:
         self._event(link)
 
     async def restore(self, index: int, original: NicState) -> tuple[str, ...]:
-        # As netlink.restore: each step on its own; a step that fails is reported.
+        # As netlink.restore: each step on its own, in the kernel's order; a
+        # step that fails is reported.
         await self._step("restore", index)
         link = self._home_link(index)
         self._change(link, "restore")
@@ -217,10 +264,30 @@ class FakeHost:
         link.mtu = original.mtu
         if original.mac:
             link.mac = original.mac
+        link.txqlen = original.txqlen if original.txqlen is not None else link.txqlen
+        link.group = original.group if original.group is not None else link.group
+        link.alias = original.alias
+        link.altnames = tuple(dict.fromkeys(link.altnames + original.altnames))
+        for key, value in original.sysctls:
+            if key in self.read_only_sysctls:
+                problems.append(f"sysctl {key}={value}: Permission denied")
+            else:
+                link.sysctls[key] = value
+        present = {a.key for a in link.addresses}
+        elapsed = int(self.now() - original.recorded_at) if original.recorded_at else 0
         for address in original.addresses:
-            if address not in link.addresses:
-                link.addresses.append(address)
+            if address.key in present:
+                continue
+            if address.valid is not None and address.valid - elapsed <= 0:
+                problems.append(f"address {address}: its lease ran out while the NIC was lent")
+                continue
+            valid = None if address.valid is None else address.valid - elapsed
+            link.addresses.append(attrs.evolve(address, valid=valid))
         link.up = original.up
+        if link.up:  # the kernel takes routes only through a link that is up
+            for route in original.routes:
+                if route not in link.routes:
+                    link.routes.append(route)
         self._event(link)
         return tuple(problems)
 

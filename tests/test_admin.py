@@ -77,8 +77,9 @@ class MethodTests(AdminTestCase):
     def test_networks(self) -> None:
         [network] = self.result("networks.list")
         self.assertEqual(network["pool"], [
-            {"mac": MAC1, "perm_mac": None, "name": None, "endpoint": EP},
-            {"mac": MAC2, "perm_mac": None, "name": "ens5", "endpoint": None}])
+            {"mac": MAC1, "perm_mac": None, "name": None, "endpoint": EP, "adopted": None},
+            {"mac": MAC2, "perm_mac": None, "name": "ens5", "endpoint": None, "adopted": None}])
+        self.assertEqual(network["mode"], "ipam")
         self.assertEqual((network["gateway4"], network["subnets"]), ("192.168.7.1", ["192.168.7.0/24"]))
         self.assertEqual(self.result("networks.get", {"id": NET[:12]}), network)
         self.assertEqual(self.result("networks.get", [NET]), network)
@@ -91,8 +92,11 @@ class MethodTests(AdminTestCase):
         self.assertEqual((endpoint["endpoint"], endpoint["mac"], endpoint["phase"],
                           endpoint["sandbox_key"], endpoint["nic_in_host"]),
                          (EP, MAC1, "joined", "/var/run/docker/netns/abc", False))
-        self.assertEqual(endpoint["original"], {"name": "ens4", "mac": MAC1, "mtu": 1500,
-                                                "admin": "up", "addresses": ["10.1.1.5/24"]})
+        original = endpoint["original"]
+        self.assertEqual({k: original[k] for k in ("name", "mac", "mtu", "admin", "addresses")},
+                         {"name": "ens4", "mac": MAC1, "mtu": 1500, "admin": "up",
+                          "addresses": ["10.1.1.5/24"]})
+        self.assertEqual(original["sysctls"]["ipv4/rp_filter"], "0")
 
     def test_nics(self) -> None:
         nics = {n["mac"]: n for n in self.result("nics.list")}

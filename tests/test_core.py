@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import attrs
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import globalLogPublisher
 
 from hostnic.errors import HostnicError, PoolExhausted, StoreError
-from hostnic.model import Address, Phase
+from hostnic.model import Address, NicState, Phase
 from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join
 from tests.sched import Scheduler, gated
 from tests.fakes import run_now
@@ -175,11 +176,12 @@ class EndpointTests(CoreTestCase):
         self.assertEqual((answer.src_name, answer.gateway4, answer.gateway6),
                          (transit, "192.168.7.1", None))
         self.assertEqual(self.nic1.name, transit)
-        claim = self.on_disk()["claims"][0]
-        self.assertEqual(claim["phase"], "joined")
-        self.assertEqual(claim["original"], {
-            "name": "ens4", "mac": MAC1, "mtu": 9000, "up": True,
-            "addresses": [{"family": 2, "address": "10.1.1.5", "prefixlen": 24}]})
+        claim = self.durable().claims[EP]
+        self.assertEqual(claim.phase, Phase.JOINED)
+        self.assertEqual(claim.original, attrs.evolve(self.nic1.state(), name="ens4", up=True,
+                                                      recorded_at=1000.0))
+        self.assertEqual((claim.original.mtu, claim.original.addresses),
+                         (9000, (Address(2, "10.1.1.5", 24),)))
         # The disk held the record at every change the lend made to the NIC.
         self.assertEqual(violations, [])
         self.assertIn(("rename", (self.nic1.index, transit)), self.host.calls)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
+import attrs
+
 from twisted.internet.defer import Deferred
 
 from hostnic.errors import HostError, NicUnavailable, StoreError, UnknownObject
@@ -86,7 +88,7 @@ class CrashBetweenRecordAndRenameTests(LendingTestCase):
         lent = self.join()  # dockerd's retry of the same call
         names = [l.name for l in self.host.home()]
         self.assertIn(lent.src_name, names)
-        self.assertEqual(self.durable().claims[EP].original, self.before)
+        self.assertEqual(self.durable().claims[EP].original, attrs.evolve(self.before, recorded_at=1000.0))
 
 
 class CreateNetworkRetryTests(LendingTestCase):
@@ -156,7 +158,7 @@ class ConcurrentJoinsTests(LendingTestCase):
         self.unschedule()
         names = {self.successResultOf(d).src_name for d in joins}
         self.assertEqual(names, {"hn" + EP[:13]})
-        self.assertEqual(self.durable().claims[EP].original, self.before)
+        self.assertEqual(self.durable().claims[EP].original, attrs.evolve(self.before, recorded_at=1000.0))
         self.assertEqual(self.nic1.name, "hn" + EP[:13])
 
 
@@ -227,7 +229,7 @@ class HalfMadeLendTests(LendingTestCase):
         self.host.detach()  # no link events: only the record can bring it back
         self.refused(self.join_call(), HostError)
         self.assertFalse(self.nic1.up)  # still down, as the kernel left it...
-        self.assertEqual(self.durable().claims[EP].original, self.before)  # ...but recorded
+        self.assertEqual(self.durable().claims[EP].original, attrs.evolve(self.before, recorded_at=1000.0))  # ...but recorded
         self.delete_endpoint()  # dockerd's clean-up of the failed start restores it
         self.assert_home_as_before()
         self.assertEqual(self.durable().claims, {})

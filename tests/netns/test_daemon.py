@@ -134,7 +134,8 @@ class DaemonTests(DaemonTestCase):
         while time.monotonic() < deadline:
             shown = json.loads(ip("-n", self.ns, "-j", "addr", "show"))
             link = next(l for l in shown if l.get("address") == mac)
-            if link["ifname"] == "ens9":
+            # the name comes first and the admin state after the addresses
+            if link["ifname"] == "ens9" and "UP" in link["flags"]:
                 break
             time.sleep(0.05)
         self.assertEqual((link["ifname"], link["mtu"], "UP" in link["flags"]), ("ens9", 1400, True))

@@ -1,0 +1,30 @@
+"""Which NICs hostnic will not lend, and why, in a sentence. Checked when a
+network is created and again at every lend: a host changes in between."""
+
+from __future__ import annotations
+
+from hostnic.host import HostPort
+from hostnic.model import NicRef
+from hostnic.rtnl import LinkInfo
+
+
+async def refusal(host: HostPort, nic: NicRef, link: LinkInfo, again: bool = False) -> str | None:
+    """Why ``link`` (which is ``nic``) must not be lent, or None."""
+    label = f"NIC {nic.mac} ({link.name})"
+    if link.loopback:
+        return f"{link.name} is the loopback interface"
+    master, uppers = host.uppers(link.index)
+    if link.master is not None:
+        what = f"{master.kind or 'device'} {master.name}" if master else f"interface {link.master}"
+        return (f"{label} is a port of {what}; lending it would cut "
+                f"{master.name if master else 'it'} off")
+    if uppers:
+        names = ", ".join(f"{upper.kind} {upper.name}" for upper in uppers)
+        return f"{label} carries {names}; lending it would cut them off"
+    if await host.is_host_default(link.index):
+        if again:
+            return (f"{label} now carries the host's default route; handing it to a "
+                    f"container would cut the host off")
+        return (f"{label} carries the host's default route; it looks like the management "
+                f"NIC and handing it to a container would cut the host off")
+    return None

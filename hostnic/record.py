@@ -1,0 +1,101 @@
+"""What hostnic reads of a NIC from the kernel (raw rtnetlink and sysctls,
+no pyroute2): the whole record of it before it is lent, and the
+configuration adopt mode hands to a container. Blocking: run in a thread."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from hostnic import rtnl
+from hostnic.errors import HostError
+from hostnic.model import (RT_TABLE_LOCAL, RT_TABLE_MAIN, RTPROT_KERNEL, RTPROT_RA, Address,
+                           Adopted, NicState, Route)
+
+SYSCTL_ROOT = "/proc/sys/net"
+IFA_F_SECONDARY, IFA_F_TENTATIVE, IFA_F_DADFAILED, IFA_F_DEPRECATED = 0x01, 0x40, 0x08, 0x20
+IFA_F_TEMPORARY = 0x01  # IPv6 reuses the bit: a privacy address
+# Read-only or meaningless to copy back: the kernel refuses or ignores them.
+UNRESTORABLE = {"ipv4/mc_forwarding", "ipv6/mc_forwarding", "ipv6/stable_secret"}
+
+
+def restorable(info: rtnl.RouteInfo) -> bool:
+    """A route someone made (not the kernel for an address or a router
+    advertisement), not in the local table, through this link alone."""
+    route = info.route
+    return (not info.multipath and route.type == rtnl.RTN_UNICAST
+            and route.protocol not in (RTPROT_KERNEL, RTPROT_RA)
+            and route.table != RT_TABLE_LOCAL)
+
+
+def read_sysctls(name: str) -> tuple[tuple[str, str], ...]:
+    """Every per-device sysctl of ``name`` (``ipv4/rp_filter``, ...)."""
+    values = []
+    for family in ("ipv4", "ipv6"):
+        directory = f"{SYSCTL_ROOT}/{family}/conf/{name}"
+        try:
+            names = sorted(os.listdir(directory))
+        except FileNotFoundError:
+            continue  # no IPv6 on this host, say
+        for entry in names:
+            key = f"{family}/{entry}"
+            if key in UNRESTORABLE:
+                continue
+            try:
+                fd = os.open(f"{directory}/{entry}", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue  # write-only
+            try:
+                values.append((key, os.read(fd, 4096).decode().strip()))
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+    return tuple(values)
+
+
+def read(index: int) -> NicState:
+    """The whole record of a NIC, from its name to its sysctls."""
+    link = rtnl.get_link(index=index)
+    if link is None:
+        raise HostError(f"interface {index} vanished from the host")
+    routes = tuple(info.route for info in rtnl.routes_via(index) if restorable(info))
+    return NicState(
+        name=link.name, mac=link.mac or "", mtu=link.mtu, up=link.up,
+        addresses=rtnl.addresses_of(index), routes=routes, sysctls=read_sysctls(link.name),
+        alias=link.alias, altnames=link.altnames, txqlen=link.txqlen, group=link.group,
+        recorded_at=time.time())
+
+
+def carried(address: Address) -> bool:
+    """An address a container can take: global, usable, not a privacy one."""
+    unusable = IFA_F_TENTATIVE | IFA_F_DADFAILED | IFA_F_DEPRECATED
+    if address.family == socket.AF_INET6:
+        unusable |= IFA_F_TEMPORARY
+    return address.global_scope and not address.flags & unusable
+
+
+def adopt(index: int) -> Adopted:
+    """The configuration a container gets in adopt mode: the NIC's first
+    global IPv4 and IPv6 addresses (primaries first, as the kernel lists
+    them), its own default gateways (the main table's first, else another
+    table's, lowest metric first) and its other routes."""
+    addresses = [a for a in rtnl.addresses_of(index) if carried(a)]
+    v4 = [a for a in addresses if a.family == socket.AF_INET]
+    v6 = [a for a in addresses if a.family == socket.AF_INET6]
+    routes = sorted((info.route for info in rtnl.routes_via(index) if restorable(info)),
+                    key=lambda r: (r.table != RT_TABLE_MAIN, r.priority or 0))
+
+    def gateway(family: int) -> str | None:
+        return next((r.gateway for r in routes if r.family == family and r.default
+                     and r.gateway), None)
+
+    others: dict[tuple[int, str], Route] = {}
+    for route in routes:
+        if not route.default:
+            others.setdefault((route.family, route.destination), route)
+    return Adopted(address4=v4[0] if v4 else None, address6=v6[0] if v6 else None,
+                   gateway4=gateway(socket.AF_INET), gateway6=gateway(socket.AF_INET6),
+                   routes=tuple(others.values()), not_carried=tuple(v4[1:] + v6[1:]),
+                   read_at=time.time())
