@@ -39,6 +39,14 @@ class ServiceInfo:
     state_dir: str
 
 
+# The JSON-RPC methods and the handlers that answer them.
+METHODS = {"status": "status", "networks.list": "networks_list", "networks.get": "networks_get",
+           "endpoints.list": "endpoints_list", "nics.list": "nics_list", "nics.get": "nics_get",
+           "events.recent": "events_recent", "metrics": "metrics",
+           "nics.release": "nics_release", "networks.delete": "networks_delete"}
+READS = {name for name in METHODS if name not in ("nics.release", "networks.delete")}
+
+
 @attrs.define
 class AdminAPI:
     core: Core
@@ -51,14 +59,8 @@ class AdminAPI:
 
     def __attrs_post_init__(self) -> None:
         self.rpc = Dispatcher(error_codes=ERROR_CODES)
-        methods: dict[str, Method] = {
-            "status": self.status, "networks.list": self.networks_list,
-            "networks.get": self.networks_get, "endpoints.list": self.endpoints_list,
-            "nics.list": self.nics_list, "nics.get": self.nics_get,
-            "events.recent": self.events_recent, "metrics": self.metrics,
-            "nics.release": self.nics_release, "networks.delete": self.networks_delete,
-        }
-        for name, method in methods.items():
+        for name, attribute in METHODS.items():
+            method: Method = getattr(self, attribute)
             self.rpc.register(name, method)
 
     @property

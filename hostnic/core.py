@@ -24,6 +24,7 @@ from hostnic import pools
 from hostnic.calls import CallLog, narrate, untold
 from hostnic.errors import HostnicError, NicUnavailable, UnknownObject
 from hostnic.faults import crashpoint
+from hostnic import guards
 from hostnic.guards import refusal
 from hostnic.host import HostPort
 from hostnic.ledger import Ledger, Store
@@ -178,6 +179,12 @@ class Core:
         for mac in request.macs:
             carriers = self.host.known(NicRef(mac))
             if len(carriers) > 1:
+                # A bridge or bond takes its port's MAC, a VLAN its parent's:
+                # say why that NIC cannot be lent rather than that it is shared.
+                lower = guards.shared_mac_lower(carriers)
+                why = lower and await refusal(self.host, NicRef(mac), lower)
+                if why:
+                    raise NicUnavailable(why)
                 raise NicUnavailable(
                     f"MAC {mac} is carried by several interfaces "
                     f"({', '.join(link.name for link in carriers)}); hostnic cannot tell "

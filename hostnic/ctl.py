@@ -9,6 +9,7 @@ import argparse
 import http.client
 import json
 import socket
+import ssl
 import sys
 import time
 from typing import Any, Sequence
@@ -33,22 +34,74 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self.unix_path)
 
 
-def connection(admin: str, timeout: float = 30) -> http.client.HTTPConnection:
-    if admin.startswith("tcp:"):
-        parts = admin.split(":")
-        if len(parts) != 3 or not parts[2].isdigit():
-            raise CtlError(f"--admin {admin!r}: use tcp:HOST:PORT or a unix socket path")
-        return http.client.HTTPConnection(parts[1], int(parts[2]), timeout=timeout)
-    return UnixHTTPConnection(admin.removeprefix("unix:"), timeout)
+def endpoint_fields(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """A Twisted endpoint string's kind, positional and keyword fields
+    (``\\:`` escapes a colon, as in ``tcp6:9123:interface=\\:\\:1``)."""
+    fields, current, escaped = [], "", False
+    for char in description:
+        if escaped:
+            current, escaped = current + char, False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            fields.append(current)
+            current = ""
+        else:
+            current += char
+    fields.append(current)
+    kind, args, options = fields[0].lower(), [], {}
+    for field in fields[1:]:
+        key, equals, value = field.partition("=")
+        if equals:
+            options[key.lower()] = value
+        else:
+            args.append(field)
+    return kind, args, options
+
+
+def connection(admin: str, timeout: float = 30, ca_file: str | None = None
+               ) -> http.client.HTTPConnection:
+    """A connection to the admin API named as the daemon's ``--admin`` names
+    it (``unix:PATH:mode=600``, ``tcp:PORT:interface=HOST``, ``ssl:...``), or
+    as a client does (a socket path, ``tcp:HOST:PORT``)."""
+    if ":" not in admin:
+        return UnixHTTPConnection(admin, timeout)
+    kind, args, options = endpoint_fields(admin)
+    if kind == "unix":
+        path = options.get("address") or (args[0] if args else "")
+        if not path:
+            raise CtlError(f"--admin {admin!r}: no socket path")
+        return UnixHTTPConnection(path, timeout)
+    if kind in ("tcp", "tcp6", "ssl", "tls"):
+        if len(args) == 2 and not args[0].isdigit():  # the client's tcp:HOST:PORT
+            host, port = args
+        else:  # the daemon's tcp:PORT:interface=HOST
+            port = options.get("port") or (args[0] if args else "")
+            host = options.get("interface", "")
+        if not port.isdigit():
+            raise CtlError(f"--admin {admin!r}: no port (tcp:PORT:interface=HOST, "
+                           f"or tcp:HOST:PORT)")
+        if host in ("", "0.0.0.0", "::"):  # listening everywhere: ask it here
+            host = "::1" if kind == "tcp6" else "127.0.0.1"
+        if kind in ("ssl", "tls"):
+            context = ssl.create_default_context(cafile=ca_file)
+            return http.client.HTTPSConnection(host, int(port), timeout=timeout,
+                                               context=context)
+        return http.client.HTTPConnection(host, int(port), timeout=timeout)
+    if kind == "systemd":
+        raise CtlError(f"--admin {admin!r} is a socket systemd hands to hostnic; give the "
+                       f"path or port that socket unit listens on")
+    raise CtlError(f"--admin {admin!r}: use a unix socket path, unix:PATH, "
+                   f"tcp:PORT:interface=HOST or tcp:HOST:PORT")
 
 
 def call(admin: str, method: str, params: dict[str, Any] | None = None,
-         token: str | None = None) -> Any:
+         token: str | None = None, ca_file: str | None = None) -> Any:
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}})
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    conn = connection(admin)
+    conn = connection(admin, ca_file=ca_file)
     try:
         conn.request("POST", "/rpc", body=body, headers=headers)
         response = conn.getresponse()
@@ -138,35 +191,134 @@ def render(command: str, result: Any) -> str:
         tail = f" (problems: {'; '.join(result['problems'])})" if result["problems"] else ""
         return f"{result['mac']}: released from endpoint {short(result['endpoint'])}" \
                f"{', restored' if result['restored'] else ''}{tail}"
+    if command == "metrics":
+        rows = [{"method": method, "count": m["count"], "errors": m["errors"],
+                 "mean": f"{m['seconds_total'] / m['count'] * 1000:.2f}" if m["count"] else None}
+                for method, m in sorted(result.items())]
+        return table(rows, [("method", "METHOD"), ("count", "CALLS"), ("errors", "ERRORS"),
+                            ("mean", "MEAN MS")])
+    if command == "network":
+        return describe_network(result)
+    if command == "nic":
+        return describe_nic(result)
     if command == "network-rm":
         return f"network {short(result['id'])} removed; free again: {', '.join(result['freed'])}"
     return json.dumps(result, indent=2)
 
 
+def fields(pairs: Sequence[tuple[str, Any]]) -> list[str]:
+    """``label: value`` lines, aligned; lists comma-joined, None as ``-``."""
+    width = max(len(label) for label, _ in pairs) + 1
+    lines = []
+    for label, value in pairs:
+        if isinstance(value, (list, tuple)):
+            value = ", ".join(map(str, value)) or "-"
+        lines.append(f"{label + ':':<{width}} {'-' if value is None else value}")
+    return lines
+
+
+def adopted_lines(adopted: dict[str, Any] | None, indent: str = "  ") -> list[str]:
+    if adopted is None:
+        return []
+    return [indent + line for line in fields([
+        ("addresses", [a for a in (adopted["address4"], adopted["address6"]) if a]),
+        ("gateways", [g for g in (adopted["gateway4"], adopted["gateway6"]) if g]),
+        ("routes", adopted["routes"]), ("not carried", adopted["not_carried"])])]
+
+
+def describe_network(network: dict[str, Any]) -> str:
+    lines = fields([("network", network["id"]), ("mode", network["mode"]),
+                    ("gateways", [g for g in (network["gateway4"], network["gateway6"]) if g]),
+                    ("subnets", network["subnets"]),
+                    ("options", [f"{k}={v}" for k, v in network["options"].items()])])
+    for nic in network["pool"]:
+        user = f"endpoint {short(nic['endpoint'])}" if nic["endpoint"] else "free"
+        lines.append(f"NIC {nic['mac']} ({nic['name'] or 'not home'}): {user}")
+        lines += adopted_lines(nic["adopted"])
+    return "\n".join(lines)
+
+
+def describe_nic(nic: dict[str, Any]) -> str:
+    lines = fields([("name", nic["name"]), ("mac", nic["mac"]),
+                    ("kind", nic["driver"] or nic["kind"]), ("pci", nic["pci"]),
+                    ("mtu", nic["mtu"]), ("admin/oper", f"{nic['admin'] or '-'}/"
+                                                        f"{nic['oper'] or '-'}"),
+                    ("status", nic["status"]), ("network", nic["network"]),
+                    ("endpoint", nic["endpoint"]), ("addresses", nic["addresses"])])
+    recorded = nic.get("recorded")
+    if recorded:
+        lines.append(f"recorded at the lend ({when(recorded['recorded_at'])}), to restore:")
+        lines += ["  " + line for line in fields([
+            ("name", recorded["name"]), ("mtu", recorded["mtu"]), ("admin", recorded["admin"]),
+            ("addresses", recorded["addresses"]), ("routes", recorded["routes"]),
+            ("alias", recorded["alias"]), ("altnames", recorded["altnames"]),
+            ("txqueuelen", recorded["txqlen"]), ("group", recorded["group"]),
+            ("sysctls", f"{len(recorded['sysctls'])} (see --json)")])]
+    if nic.get("adopted"):
+        lines.append("adopt mode hands a container:")
+        lines += adopted_lines(nic["adopted"])
+    restore = nic.get("last_restore")
+    if restore:
+        problems = restore.get("problems") or []
+        lines.append(f"last restore ({when(restore.get('at'))}): "
+                     + ("complete" if not problems else "not restored: " + "; ".join(problems)))
+    return "\n".join(lines)
+
+
 METHODS = {"status": "status", "networks": "networks.list", "endpoints": "endpoints.list",
            "nics": "nics.list", "events": "events.recent", "release": "nics.release",
-           "network-rm": "networks.delete"}
+           "network-rm": "networks.delete", "network": "networks.get", "nic": "nics.get",
+           "metrics": "metrics"}
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    # The options are accepted before and after the verb: each verb's parser
+    # has them too, with no defaults of its own to clobber the main parser's.
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common.add_argument("--admin", help=f"the daemon's --admin endpoint string "
+                                        f"(unix:PATH:..., tcp:PORT:interface=HOST, ssl:...), "
+                                        f"a socket path, or tcp:HOST:PORT "
+                                        f"(default {DEFAULT_ADMIN})")
+    common.add_argument("--token-file", help="bearer token for a TCP admin endpoint")
+    common.add_argument("--ca-file", help="CA certificates that sign an ssl: endpoint's")
+    common.add_argument("--json", action="store_true", help="print the raw JSON result")
+    parser = argparse.ArgumentParser(prog="hostnic-ctl", description=__doc__.splitlines()[0],
+                                     parents=[common])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, what in (("status", "the daemon's health and counts"),
+                       ("networks", "every network hostnic holds"),
+                       ("endpoints", "every endpoint and the NIC it holds"),
+                       ("nics", "every NIC of the host and every NIC hostnic holds"),
+                       ("metrics", "calls per driver method: count, errors, time")):
+        commands.add_parser(name, parents=[common], help=what)
+    network = commands.add_parser("network", parents=[common],
+                                  help="one network: its pool and what each NIC brings")
+    network.add_argument("id", help="network ID or a unique prefix of it")
+    nic = commands.add_parser("nic", parents=[common],
+                              help="one NIC: its state, what was recorded, the last restore")
+    nic.add_argument("key", help="MAC address or interface name")
+    events = commands.add_parser("events", parents=[common], help="recent calls and events")
+    events.add_argument("-n", "--limit", type=int, default=50)
+    release = commands.add_parser("release", parents=[common],
+                                  help="hand back a NIC whose claim outlived its container")
+    release.add_argument("mac")
+    network_rm = commands.add_parser(
+        "network-rm", parents=[common],
+        help="remove a network dockerd does not know (a create cut short by a restart), "
+             "so its NICs can serve another network")
+    network_rm.add_argument("id")
+    args = parser.parse_args(argv)
+    # Defaults last: set_defaults would reach the verbs' parsers through the
+    # option objects they share, and a verb would reset what came before it.
+    for name, default in (("admin", DEFAULT_ADMIN), ("token_file", None), ("ca_file", None),
+                          ("json", False)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hostnic-ctl", description=__doc__.splitlines()[0])
-    parser.add_argument("--admin", default=DEFAULT_ADMIN,
-                        help=f"unix socket path or tcp:HOST:PORT (default {DEFAULT_ADMIN})")
-    parser.add_argument("--token-file", help="bearer token for a TCP admin endpoint")
-    parser.add_argument("--json", action="store_true", help="print the raw JSON result")
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("status", "networks", "endpoints", "nics"):
-        commands.add_parser(name)
-    events = commands.add_parser("events")
-    events.add_argument("-n", "--limit", type=int, default=50)
-    release = commands.add_parser("release", help="hand back a NIC whose claim outlived "
-                                                  "its container")
-    release.add_argument("mac")
-    network_rm = commands.add_parser(
-        "network-rm", help="remove a network dockerd does not know (a create cut short by a "
-                           "restart), so its NICs can serve another network")
-    network_rm.add_argument("id")
-    args = parser.parse_args(argv)
+    args = parse(argv)
     try:
         token = None
         if args.token_file:
@@ -175,10 +327,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     token = f.read().strip()
             except OSError as e:
                 raise CtlError(f"cannot read --token-file {args.token_file}: {e.strerror}") from None
-        params = {"limit": args.limit} if args.command == "events" else \
-            {"mac": args.mac} if args.command == "release" else \
-            {"id": args.id} if args.command == "network-rm" else {}
-        result = call(args.admin, METHODS[args.command], params, token)
+        params = {"events": lambda: {"limit": args.limit}, "release": lambda: {"mac": args.mac},
+                  "network-rm": lambda: {"id": args.id}, "network": lambda: {"id": args.id},
+                  "nic": lambda: {"key": args.key}}.get(args.command, dict)()
+        result = call(args.admin, METHODS[args.command], params, token, args.ca_file)
     except CtlError as e:
         print(f"hostnic-ctl: {e}", file=sys.stderr)
         return 1

@@ -8,6 +8,17 @@ from hostnic.model import NicRef
 from hostnic.rtnl import LinkInfo
 
 
+def shared_mac_lower(carriers: list[LinkInfo]) -> LinkInfo | None:
+    """Of links sharing one MAC, the one the others were built on (the port
+    of a bridge or bond among them, the parent of a VLAN), if it is one."""
+    indexes = {link.index for link in carriers}
+    lowers = [link for link in carriers
+              if link.master in indexes
+              or any(other.link == link.index and other.link_netnsid is None
+                     for other in carriers)]
+    return lowers[0] if len(lowers) == 1 else None
+
+
 async def refusal(host: HostPort, nic: NicRef, link: LinkInfo, again: bool = False) -> str | None:
     """Why ``link`` (which is ``nic``) must not be lent, or None."""
     label = f"NIC {nic.mac} ({link.name})"

@@ -137,6 +137,10 @@ class CreateNetwork:
         # dockerd 20.10 and 26.1 send [{"AddressSpace": "null", "Pool": "0.0.0.0/0"}]
         # for --ipam-driver null: no addresses of Docker's, the NIC's own instead.
         adopt = any(d.space == "null" for d in v4 + v6)
+        # dockerd refuses --ipv6 with the null IPAM driver ("does not handle
+        # IPv6 address pool requests"): adopt mode carries the NIC's IPv6
+        # address whenever the NIC has one.
+        ipv6 = adopt or options.get("com.docker.network.enable_ipv6") is True
         return cls(
             network_id=network_id,
             macs=tuple(dict.fromkeys(macs)),
@@ -145,7 +149,7 @@ class CreateNetwork:
             gateway6=None if adopt else next((d.gateway for d in v6 if d.gateway), None),
             subnets=() if adopt else tuple(d.pool for d in v4 + v6 if d.pool),
             options=generic, adopt=adopt,
-            ipv6=options.get("com.docker.network.enable_ipv6") is True)
+            ipv6=ipv6)
 
 
 @attrs.frozen

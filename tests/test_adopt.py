@@ -65,12 +65,13 @@ class AdoptModeTests(AdoptTestCase):
         assert adopted is not None
         self.assertEqual([str(a) for a in adopted.not_carried], ["10.20.0.8/24"])
 
-    def test_without_ipv6_only_ipv4_is_handed_out(self) -> None:
+    def test_ipv6_is_carried_although_dockerd_cannot_say_ipv6(self) -> None:
+        # dockerd refuses --ipv6 with --ipam-driver null: the body never says it.
         self.create(ipv6=False)
         created = self.create_endpoint_answer()
-        self.assertEqual((created.address4, created.address6), ("10.20.0.7/24", None))
+        self.assertEqual((created.address4, created.address6), ("10.20.0.7/24", "fd20::7/64"))
         lent = self.join()
-        self.assertEqual((lent.gateway4, lent.gateway6), ("10.20.0.1", None))
+        self.assertEqual((lent.gateway4, lent.gateway6), ("10.20.0.1", "fd20::1"))
 
     def test_the_configuration_is_read_again_while_the_nic_is_home(self) -> None:
         self.create()
@@ -179,6 +180,23 @@ class GuardTests(CoreTestCase):
             adopt_body(hostnic_name="ens5"))), NicUnavailable)
         self.assertEqual(message, f"NIC {MAC1} (ens5) is a port of bridge br0; lending it "
                                   f"would cut br0 off")
+
+    def test_a_nic_named_by_the_mac_its_bridge_or_vlan_took_is_refused_for_that(self) -> None:
+        # A bridge takes its first port's MAC, a VLAN its parent's: by MAC the
+        # NIC is several links, and the sentence says why it cannot be lent.
+        bridge = self.host.add("br0", MAC1, kind="bridge")
+        self.host.add("ens5", MAC1, master=bridge.index)
+        nic = self.host.add("ens6", MAC2)
+        self.host.add("ens6.7", MAC2, kind="vlan", link=nic.index)
+        for mac, expected in ((MAC1, "(ens5) is a port of bridge br0"),
+                              (MAC2, "(ens6) carries vlan ens6.7")):
+            self.assertIn(expected, self.refused(self.core.create_network(CreateNetwork.parse(
+                adopt_body(hostnic_mac=mac))), NicUnavailable))
+        self.host.add("ens7", "02:00:00:00:00:e0")
+        self.host.add("ens8", "02:00:00:00:00:e0")  # unrelated: no NIC to name
+        self.assertIn("is carried by several interfaces (ens7, ens8)", self.refused(
+            self.core.create_network(CreateNetwork.parse(
+                adopt_body(hostnic_mac="02:00:00:00:00:e0"))), NicUnavailable))
 
     def test_a_nic_with_a_macvlan_on_top_is_refused(self) -> None:
         nic = self.host.add("ens5", MAC1)

@@ -178,6 +178,20 @@ class AdminDaemonTests(DaemonTestCase):
         self.assertIn("STATUS", table.splitlines()[0])
         self.assertIn("NetworkDriver.Join", ctl(*admin, "events", "-n", "5").stdout)
         self.assertEqual(json.loads(ctl(*admin, "--json", "status").stdout)["networks"], 1)
+        # The daemon's own endpoint string works, and --json after the verb.
+        daemon_admin = ["--admin", f"unix:{self.admin_sock}:mode=600:lockfile=1"]
+        one = json.loads(ctl("nic", mac, "--json", *daemon_admin).stdout)
+        self.assertEqual((one["recorded"]["name"], one["recorded"]["addresses"]),
+                         ("ens9", ["10.5.0.5/24"]))
+        described = ctl(*daemon_admin, "nic", "hn" + EP[:13]).stdout
+        self.assertIn("recorded at the lend", described)
+        self.assertIn("addresses:  10.5.0.5/24", described)
+        network = ctl(*daemon_admin, "network", NET[:12])
+        self.assertEqual(network.returncode, 0, network.stderr)
+        self.assertIn(f"NIC {mac} (hn{EP[:13]}): endpoint {EP[:12]}", network.stdout)
+        unknown = ctl(*daemon_admin, "nic", "nosuch0")
+        self.assertEqual((unknown.returncode, unknown.stderr.strip()), (
+            1, "hostnic-ctl: no NIC 'nosuch0' in the host namespace or in hostnic's state"))
 
         released = ctl(*admin, "release", mac.upper())
         self.assertEqual(released.returncode, 0, released.stderr)
@@ -225,7 +239,9 @@ class AdminDaemonTests(DaemonTestCase):
             time.sleep(0.1)
         self.assertEqual(denied.returncode, 1)
         self.assertIn("a valid --token-file is needed", denied.stderr)
-        allowed = ctl_in_ns(*admin, "--token-file", token_file, "--json", "status")
+        # The daemon's own --admin string reaches it too.
+        allowed = ctl_in_ns("status", "--admin", f"tcp:{port}:interface=127.0.0.1",
+                            "--token-file", token_file, "--json")
         self.assertEqual(allowed.returncode, 0, allowed.stderr)
         self.assertEqual(json.loads(allowed.stdout)["endpoints"]["admin"],
                          f"tcp:{port}:interface=127.0.0.1")
