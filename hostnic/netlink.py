@@ -9,6 +9,7 @@ first change, in that thread, not at start-up.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from functools import partial
@@ -20,7 +21,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from hostnic import rtnl
 from hostnic.errors import HostError
 from hostnic.model import Address, NicState, Route
-from hostnic.record import SYSCTL_ROOT
+from hostnic.record import SYSCTL_ROOT, read_sysctls
 
 EEXIST = 17
 _local = threading.local()
@@ -178,15 +179,17 @@ def write_sysctls(name: str, sysctls: tuple[tuple[str, str], ...]) -> list[str]:
     """Write back the per-device sysctls that differ (a namespace move resets
     them all to the namespace's defaults)."""
     problems = []
+    now = dict(read_sysctls(name))
     for key, value in sysctls:
+        if now.get(key) == value:
+            continue
         family, _, entry = key.partition("/")
-        path = f"{SYSCTL_ROOT}/{family}/conf/{name}/{entry}"
         try:
-            with open(path) as f:
-                if f.read().strip() == value:
-                    continue
-            with open(path, "w") as f:
-                f.write(value)
+            fd = os.open(f"{SYSCTL_ROOT}/{family}/conf/{name}/{entry}", os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, value.encode())
+            finally:
+                os.close(fd)
         except OSError as e:
             problems.append(f"sysctl {key}={value}: {e.strerror or e}")
     return problems
