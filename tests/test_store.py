@@ -10,8 +10,9 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from hostnic.errors import StoreError
-from hostnic.model import Address, Claim, Network, NicRef, NicState, Phase, State
-from hostnic.statefile import encode
+from hostnic.model import (Address, Adopted, Claim, Network, NicRef, NicState, Phase, Route,
+                           State)
+from hostnic.statefile import decode, encode
 from hostnic.store import StateStore
 from tests.fakes import Crash, FaultyFileSystem, run_now
 from tests.helpers import EP, MAC1, MAC2, NET
@@ -42,6 +43,27 @@ class StoreTests(SynchronousTestCase):
                       claims={EP: Claim(EP, NET, NicRef(MAC1, MAC2), Phase.JOINED, ORIGINAL,
                                         "/k", 1.0, 2.0)})
         self.successResultOf(self.save(state))
+        self.assertEqual(StateStore(self.store.directory, run_now).load(), state)
+
+    def test_a_whole_nic_record_and_an_adopted_configuration_round_trip(self) -> None:
+        lease = Address(2, "10.0.0.5", 24, flags=0x200, label="ens4:a", valid=3600,
+                        preferred=1800, broadcast="10.0.0.255")
+        routes = (Route(2, None, 0, "10.0.0.1", table=100, priority=5, protocol=4),
+                  Route(2, "10.9.0.0", 24, None, scope=253, prefsrc="10.0.0.5"),
+                  Route(10, "fd09::", 64, "fd00::1", priority=7))
+        whole = NicState("ens4", MAC1, 9000, False, (lease, Address(10, "fd00::5", 64)),
+                         routes=routes, sysctls=(("ipv4/rp_filter", "2"),
+                                                 ("ipv6/accept_ra", "0")),
+                         alias="tenant uplink", altnames=("tenant0", "enp0s4"), txqlen=500,
+                         group=7, recorded_at=1234.5)
+        adopted = Adopted(lease, Address(10, "fd00::5", 64), "10.0.0.1", "fd00::1",
+                          routes[1:], (Address(2, "10.0.0.6", 24),), 99.0)
+        state = State(networks={NET: Network(NET, (NicRef(MAC1),), options={"hostnic_name": "ens4"},
+                                             adopt=True, ipv6=True, adopted={MAC1: adopted})},
+                      claims={EP: Claim(EP, NET, NicRef(MAC1), Phase.JOINED, whole, "/k", 1.0,
+                                        2.0, adopted=adopted)})
+        self.assertEqual(decode(encode(state)), state)  # the snapshot
+        self.successResultOf(self.save(state))  # the journal
         self.assertEqual(StateStore(self.store.directory, run_now).load(), state)
 
     def test_version_1_files_are_read(self) -> None:
