@@ -156,7 +156,7 @@ class AdminAPI:
 
     async def endpoints_list(self) -> list[dict[str, Any]]:
         host = self.core.host
-        return [views.claim_view(c, bool(host.known(c.nic)))
+        return [views.claim_view(c, bool(host.known(c.nic)), self.core.lender.restores)
                 for c in self.core.state.claims.values()]
 
     async def nics_list(self) -> list[dict[str, Any]]:

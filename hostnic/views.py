@@ -37,12 +37,18 @@ def adopted_view(adopted: Adopted | None) -> dict[str, Any] | None:
             "not_carried": address_list(adopted.not_carried), "read_at": adopted.read_at}
 
 
-def claim_view(claim: Claim, present: bool) -> dict[str, Any]:
+def claim_view(claim: Claim, present: bool,
+               restores: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    restore = (restores or {}).get(claim.mac)
     return {"endpoint": claim.endpoint_id, "network": claim.network_id, "mac": claim.mac,
             "perm_mac": claim.nic.perm, "transit_name": claim.transit_name, "phase": claim.phase.value, "created_at": claim.created_at,
             "joined_at": claim.joined_at, "sandbox_key": claim.sandbox_key,
             "nic_in_host": present, "original": nic_state(claim.original),
-            "adopted": adopted_view(claim.adopted)}
+            "adopted": adopted_view(claim.adopted),
+            # A restore of this endpoint's NIC that left the claim in place
+            # (found home under a foreign name, say), with what it could not do.
+            "last_restore": restore if restore and restore["endpoint"] == claim.endpoint_id
+            else None}
 
 
 def network_view(network: Network, state: State, names: dict[str, str]) -> dict[str, Any]:

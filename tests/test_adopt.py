@@ -169,6 +169,10 @@ class GiveBackEverythingTests(CoreTestCase):
         self.assertIn("sysctl ipv4/rp_filter=2", problems[0])
         self.assertIn("10.20.0.9/24", problems[1])
         self.assertIn("lease ran out", problems[1])
+        # Named where an operator looks, not only in the log.
+        from hostnic.admin import AdminAPI, ServiceInfo
+        admin = AdminAPI(self.core, ServiceInfo(1, 0.0, {}, "/s"))
+        self.assertEqual(self.call(admin.nics_get("ens5"))["last_restore"]["problems"], problems)
         self.flushLoggedErrors()
 
 

@@ -275,8 +275,14 @@ class RestartTests(CoreTestCase):
         self.host.kernel_returns(MAC1)  # a link event, while hostnic runs
         self.assertEqual((self.nic1.name, self.nic1.up, self.nic1.addresses),
                          ("ens4", True, [Address(2, "10.1.1.5", 24)]))
-        # dockerd still owns the endpoint: the claim stays until it deletes it.
+        # dockerd still owns the endpoint: the claim stays until it deletes it,
+        # and the admin view shows the restore that happened meanwhile.
         self.assertEqual(self.core.state.claims[EP].phase, Phase.JOINED)
+        from hostnic.admin import AdminAPI, ServiceInfo
+        admin = AdminAPI(self.core, ServiceInfo(1, 0.0, {}, "/s"))
+        [endpoint] = self.call(admin.endpoints_list())
+        self.assertEqual((endpoint["last_restore"]["found_as"],
+                          endpoint["last_restore"]["problems"]), ("eth0", []))
         self.leave(EP)
         self.delete_endpoint(EP)
         self.assertEqual(self.core.state.claims, {})
