@@ -184,13 +184,29 @@ class StoreTests(SynchronousTestCase):
         with open(journal, "rb") as f:
             self.assertEqual(f.read(), before)  # what got through was taken back
         self.assertEqual(self.reread(), big_state(2))
-        # A snapshot that does not fit fails too, leaving no temp file behind.
+        # The tail was taken back, so appends go on; a bigger one fails alike.
         full.space = 100
         self.failureResultOf(self.save(big_state(40)), StoreError)
         self.assertEqual(self.files(), ["journal.0"])
         self.assertEqual(self.reread(), big_state(2))
         self.store.fs = os  # space again: the next save works
         self.successResultOf(self.save(big_state(40)))
+        self.assertEqual(self.reread(), big_state(40))
+
+    def test_a_snapshot_cut_short_on_a_full_disk_is_an_error_and_leaves_no_temp_file(
+            self) -> None:
+        store = StateStore(self.store.directory, run_now, compact_every=1)
+        store.load()
+        self.successResultOf(self.save(big_state(2), store))  # two records: a snapshot
+        self.assertEqual(self.files(), ["state.json"])
+        store.fs = FaultyFileSystem(space=100)  # the next snapshot is cut short
+        error = self.failureResultOf(self.save(big_state(40), store), StoreError).value
+        self.assertIn("No space left on device", str(error))
+        self.assertEqual(store.fs.steps[:2], ["write", "write"])  # short, then ENOSPC
+        self.assertEqual(self.files(), ["state.json"])  # no temp file left
+        self.assertEqual(self.reread(), big_state(2))
+        store.fs = os
+        self.successResultOf(self.save(big_state(40), store))
         self.assertEqual(self.reread(), big_state(40))
 
     def test_a_filesystem_that_takes_nothing_is_an_error(self) -> None:
