@@ -133,22 +133,23 @@ def main() -> None:
             loaded: list[float] = []
             results: dict[str, float] = {}
             concurrency = min(CONCURRENCY, len(host.macs))
-            load = threading.Thread(target=lambda: run_lifecycles(
-                host, concurrency, args.seconds, loaded))
-            load.start()
-            time.sleep(1)
-            results["load"] = status_p99(host, args.seconds - 2)
-            load.join()
+
+            def status_under_load() -> float:
+                """The admin status p99 while lifecycles run at ``concurrency``."""
+                load = threading.Thread(target=lambda: run_lifecycles(
+                    host, concurrency, args.seconds, loaded))
+                load.start()
+                time.sleep(1)
+                p99 = status_p99(host, args.seconds - 2)
+                load.join()
+                return p99
+
+            results["load"] = status_under_load()
             stop = threading.Event()
             churn = threading.Thread(target=flap, args=(host, stop))
             churn.start()
             time.sleep(3)  # the 2,000 links exist and flap
-            load = threading.Thread(target=lambda: run_lifecycles(
-                host, concurrency, args.seconds, loaded))
-            load.start()
-            time.sleep(1)
-            results["churn"] = status_p99(host, args.seconds - 2)
-            load.join()
+            results["churn"] = status_under_load()
             stop.set()
             churn.join()
             print(f"  admin status p99: idle {idle_status * 1000:.1f} ms, under C={concurrency} "

@@ -24,6 +24,21 @@ pytestmark = pytest.mark.netns
 
 
 class NetlinkTests(NetnsTestCase):
+    def lend_and_get_back(self, index: int, mac: str) -> rtnl.LinkInfo:
+        """hostnic's rename, then what dockerd does: move, rename eth0,
+        configure, use; then down, the transit name again, and home."""
+        netlink.rename(index, "hntransit")
+        ip("-n", self.ns, "link", "set", "hntransit", "netns", self.sandbox)
+        ip("-n", self.sandbox, "link", "set", "hntransit", "name", "eth0")
+        ip("-n", self.sandbox, "addr", "add", "192.168.5.10/24", "dev", "eth0")
+        ip("-n", self.sandbox, "link", "set", "eth0", "up")
+        ip("-n", self.sandbox, "link", "set", "eth0", "down")
+        ip("-n", self.sandbox, "link", "set", "eth0", "name", "hntransit")
+        ip("-n", self.sandbox, "link", "set", "hntransit", "netns", self.ns)
+        back = find_nic(NicRef(mac), "hntransit")
+        assert back is not None
+        return back
+
     def test_read_lend_and_restore_a_real_nic(self) -> None:
         mac = self.veth("ens9")
         ip("-n", self.ns, "link", "set", "ens9", "mtu", "1400", "up")
@@ -38,17 +53,7 @@ class NetlinkTests(NetnsTestCase):
         self.assertIn((socket.AF_INET, "10.5.0.5", 24), keys)
         self.assertIn((socket.AF_INET6, "fd05::5", 64), keys)
 
-        netlink.rename(link.index, "hntransit")
-        # What dockerd does: move, rename eth0, configure; then back, down.
-        ip("-n", self.ns, "link", "set", "hntransit", "netns", self.sandbox)
-        ip("-n", self.sandbox, "link", "set", "hntransit", "name", "eth0")
-        ip("-n", self.sandbox, "addr", "add", "192.168.5.10/24", "dev", "eth0")
-        ip("-n", self.sandbox, "link", "set", "eth0", "up")
-        ip("-n", self.sandbox, "link", "set", "eth0", "down")
-        ip("-n", self.sandbox, "link", "set", "eth0", "name", "hntransit")
-        ip("-n", self.sandbox, "link", "set", "hntransit", "netns", self.ns)
-        back = find_nic(NicRef(mac), "hntransit")
-        assert back is not None
+        back = self.lend_and_get_back(link.index, mac)
         self.assertFalse(back.up)
         self.assertEqual(netlink.restore(back.index, original), [])
         self.assertEqual(host_read_state(back.index).addresses, original.addresses)
@@ -92,15 +97,7 @@ class NetlinkTests(NetnsTestCase):
         self.assertEqual(len(original.routes), 4, [str(r) for r in original.routes])
         self.assertIn(("ipv4/rp_filter", "2"), original.sysctls)
 
-        netlink.rename(link.index, "hntransit")
-        ip("-n", self.ns, "link", "set", "hntransit", "netns", self.sandbox)
-        ip("-n", self.sandbox, "link", "set", "hntransit", "name", "eth0")
-        ip("-n", self.sandbox, "link", "set", "eth0", "up")
-        ip("-n", self.sandbox, "link", "set", "eth0", "down")
-        ip("-n", self.sandbox, "link", "set", "eth0", "name", "hntransit")
-        ip("-n", self.sandbox, "link", "set", "hntransit", "netns", self.ns)
-        back = find_nic(NicRef(mac), "hntransit")
-        assert back is not None
+        back = self.lend_and_get_back(link.index, mac)
         self.assertNotEqual(host_read_state(back.index).sysctls, original.sysctls)  # reset
         self.assertEqual(netlink.restore(back.index, original), [])
 
