@@ -148,7 +148,7 @@ class NetlinkHost:
         inventory = self.monitor.inventory
         link = inventory.by_index(index)
         master = inventory.by_index(link.master) if link and link.master else None
-        return master, [other for other in inventory.all() if is_upper(other, index)]
+        return master, [other for other in inventory.built_on(index) if is_upper(other, index)]
 
     async def read_state(self, index: int) -> NicState:
         state: NicState = await self.run_in_thread(record.read, index)

@@ -41,6 +41,9 @@ class Inventory:
     _by_mac: dict[str, set[int]] = attrs.field(factory=dict)
     _by_perm: dict[str, set[int]] = attrs.field(factory=dict)
     _by_name: dict[str, int] = attrs.field(factory=dict)
+    # Links built on another of this namespace (VLAN, macvlan, a veth's
+    # peer here), by that one's index: a guard asks at every lend.
+    _by_lower: dict[int, set[int]] = attrs.field(factory=dict)
     _addresses: dict[int, dict[Address, None]] = attrs.field(factory=dict)  # in kernel order
 
     def apply_address(self, msg_type: int, addr: AddrInfo | None) -> None:
@@ -68,6 +71,7 @@ class Inventory:
             _discard(self._by_perm, previous.perm, link.index)
             if self._by_name.get(previous.name) == link.index:
                 del self._by_name[previous.name]
+            _discard(self._by_lower, _lower(previous), link.index)
         if msg_type == RTM_NEWLINK:
             self._links[link.index] = link
             if link.mac is not None:
@@ -75,11 +79,14 @@ class Inventory:
             if link.perm is not None:
                 self._by_perm.setdefault(link.perm, set()).add(link.index)
             self._by_name[link.name] = link.index
+            lower = _lower(link)
+            if lower is not None:
+                self._by_lower.setdefault(lower, set()).add(link.index)
         return previous
 
     def replace(self, links: Sequence[LinkInfo], addresses: Sequence[AddrInfo] = ()) -> None:
         for table in (self._links, self._by_mac, self._by_perm, self._by_name,
-                      self._addresses):
+                      self._by_lower, self._addresses):
             table.clear()
         for link in links:
             self.apply(RTM_NEWLINK, link)
@@ -101,19 +108,32 @@ class Inventory:
     def by_index(self, index: int) -> LinkInfo | None:
         return self._links.get(index)
 
+    def built_on(self, index: int) -> list[LinkInfo]:
+        """The links of this namespace whose lower link is ``index``."""
+        return sorted((self._links[i] for i in self._by_lower.get(index, ())),
+                      key=lambda link: link.index)
+
     def all(self) -> list[LinkInfo]:
         return sorted(self._links.values(), key=lambda link: link.index)
 
     def index_sizes(self) -> dict[str, int]:
         return {"links": len(self._links), "macs": len(self._by_mac),
                 "perms": len(self._by_perm), "names": len(self._by_name),
+                "lowers": len(self._by_lower),
                 "addresses": len(self._addresses)}
 
     def __len__(self) -> int:
         return len(self._links)
 
 
-def _discard(index: dict[str, set[int]], key: str | None, value: int) -> None:
+def _lower(link: LinkInfo) -> int | None:
+    """The index of the link ``link`` is built on, if it is in this namespace."""
+    if link.link is None or link.link_netnsid is not None or link.link == link.index:
+        return None
+    return link.link
+
+
+def _discard(index: dict[Any, set[int]], key: object, value: int) -> None:
     if key is None:
         return
     entries = index.get(key)

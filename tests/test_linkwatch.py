@@ -62,11 +62,27 @@ class InventoryTests(SynchronousTestCase):
         inv = Inventory()
         for i in range(1000):
             link = LinkInfo(100 + i, f"veth{i}", f"02:00:00:00:{i // 256:02x}:{i % 256:02x}",
-                            1500, 0, "veth", perm=f"02:11:00:00:{i // 256:02x}:{i % 256:02x}")
+                            1500, 0, "veth", perm=f"02:11:00:00:{i // 256:02x}:{i % 256:02x}",
+                            link=2000 + i)  # its peer, here
             inv.apply(RTM_NEWLINK, link)
             inv.apply(RTM_DELLINK, link)
-        self.assertEqual(inv.index_sizes(),
-                         {"links": 0, "macs": 0, "perms": 0, "names": 0, "addresses": 0})
+        self.assertEqual(inv.index_sizes(), {"links": 0, "macs": 0, "perms": 0, "names": 0,
+                                             "lowers": 0, "addresses": 0})
+
+    def test_links_built_on_another_follow_events(self) -> None:
+        inv = Inventory()
+        nic = LinkInfo(2, "ens4", "02:00:00:00:00:01", 1500, 0, None)
+        vlan = LinkInfo(3, "ens4.7", "02:00:00:00:00:01", 1500, 0, "vlan", link=2)
+        inv.apply(RTM_NEWLINK, nic)
+        inv.apply(RTM_NEWLINK, vlan)
+        self.assertEqual(inv.built_on(2), [vlan])
+        # A veth whose peer is in another namespace names an index there.
+        inv.apply(RTM_NEWLINK, LinkInfo(4, "veth0", "02:00:00:00:00:04", 1500, 0, "veth",
+                                        link=2, link_netnsid=0))
+        self.assertEqual(inv.built_on(2), [vlan])
+        inv.apply(RTM_DELLINK, vlan)
+        self.assertEqual(inv.built_on(2), [])
+        self.assertEqual(inv.index_sizes()["lowers"], 0)
 
     def test_addresses_follow_events_and_go_with_their_link(self) -> None:
         inv = Inventory()
