@@ -126,6 +126,11 @@ class NetlinkTests(NetnsTestCase):
                          ("10.5.0.5/24", "fd05::5/64"))
         # No default in the main table: the policy table's is the NIC's own.
         self.assertEqual((adopted.gateway4, adopted.gateway6), ("10.5.0.1", None))
+        # A main-table default comes first, even with a worse metric.
+        ip("-n", self.ns, "route", "add", "default", "via", "10.5.0.254", "dev", "ens9",
+           "metric", "500")
+        self.assertEqual(record.adopt(link.index).gateway4, "10.5.0.254")
+        adopted = record.adopt(link.index)
         self.assertEqual(sorted(r.destination for r in adopted.routes),
                          ["10.8.0.0/16", "10.9.0.0/24", "fd09::/64"])
         # The kernel lists primaries first: 10.5.0.6 is 10.5.0.5's secondary.
