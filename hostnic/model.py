@@ -75,8 +75,15 @@ class NicRef:
         return self.mac
 
 
-IFA_F_SECONDARY, IFA_F_NODAD, IFA_F_PERMANENT = 0x01, 0x02, 0x80
-IFA_F_NOPREFIXROUTE = 0x200
+# Address flags (IFA_F_*). IPv6 calls 0x01 "temporary": a privacy address.
+IFA_F_SECONDARY = IFA_F_TEMPORARY = 0x01
+IFA_F_NODAD, IFA_F_OPTIMISTIC, IFA_F_DADFAILED, IFA_F_HOMEADDRESS = 0x02, 0x04, 0x08, 0x10
+IFA_F_DEPRECATED, IFA_F_TENTATIVE, IFA_F_PERMANENT = 0x20, 0x40, 0x80
+IFA_F_MANAGETEMPADDR, IFA_F_NOPREFIXROUTE, IFA_F_MCAUTOJOIN = 0x100, 0x200, 0x400
+# The flags a user sets; the others are the kernel's to decide.
+USER_ADDRESS_FLAGS = (IFA_F_NODAD | IFA_F_OPTIMISTIC | IFA_F_HOMEADDRESS | IFA_F_MANAGETEMPADDR
+                      | IFA_F_NOPREFIXROUTE | IFA_F_MCAUTOJOIN)
+AF_INET, AF_INET6 = 2, 10
 RT_SCOPE_UNIVERSE = 0
 FLAG_NAMES = {0x02: "nodad", 0x04: "optimistic", 0x08: "dadfailed", 0x10: "homeaddress",
               0x20: "deprecated", 0x40: "tentative", 0x100: "managetempaddr",
@@ -105,6 +112,18 @@ class Address:
     @property
     def global_scope(self) -> bool:
         return self.scope == RT_SCOPE_UNIVERSE
+
+    @property
+    def privacy(self) -> bool:
+        """An IPv6 privacy address: the kernel's to make again, nobody's to copy."""
+        return self.family == AF_INET6 and bool(self.flags & IFA_F_TEMPORARY)
+
+    @property
+    def usable(self) -> bool:
+        """Global, settled (not tentative, failed or deprecated) and not a
+        privacy address: one a container can take."""
+        return (self.global_scope and not self.privacy
+                and not self.flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED | IFA_F_DEPRECATED))
 
     @property
     def cidr(self) -> str:

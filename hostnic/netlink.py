@@ -20,7 +20,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from hostnic import rtnl
 from hostnic.errors import HostError
-from hostnic.model import Address, NicState, Route
+from hostnic.model import USER_ADDRESS_FLAGS, Address, NicState, Route
 from hostnic.record import SYSCTL_ROOT, read_sysctls
 
 EEXIST = 17
@@ -107,8 +107,7 @@ def restore(index: int, original: NicState) -> list[str]:
     problems += write_sysctls(name, original.sysctls)
     present = {a.key for a in rtnl.addresses_of(index)} if original.addresses else set()
     for address in original.addresses:
-        if address.key in present or (address.family == AF_INET6
-                                       and address.flags & IFA_F_TEMPORARY):
+        if address.key in present or address.privacy:
             continue  # privacy addresses are the kernel's to make again
         options = lifetimes(address, original.recorded_at)
         if options is None:
@@ -117,7 +116,7 @@ def restore(index: int, original: NicState) -> list[str]:
             continue
         step(f"address {address}", partial(
             ipr.addr, "add", index=index, address=address.address,
-            prefixlen=address.prefixlen, flags=address.flags & ADDRESS_FLAGS, **options),
+            prefixlen=address.prefixlen, flags=address.flags & USER_ADDRESS_FLAGS, **options),
             present_is_fine=True)
     current_up = rtnl.get_link(index=index)
     if original.up and current_up is not None and not current_up.up:
@@ -134,11 +133,6 @@ def restore(index: int, original: NicState) -> list[str]:
     return problems
 
 
-# Address flags a user sets; the others (secondary, tentative, permanent, ...)
-# are the kernel's to decide.
-ADDRESS_FLAGS = 0x02 | 0x04 | 0x10 | 0x100 | 0x200 | 0x400
-IFA_F_TEMPORARY = 0x01
-AF_INET6 = 10
 
 
 def lifetimes(address: Address, recorded_at: float) -> dict[str, Any] | None:

@@ -5,17 +5,15 @@ configuration adopt mode hands to a container. Blocking: run in a thread."""
 from __future__ import annotations
 
 import os
-import socket
 import time
+from typing import Sequence
 
 from hostnic import rtnl
 from hostnic.errors import HostError
-from hostnic.model import (RT_TABLE_LOCAL, RT_TABLE_MAIN, RTPROT_KERNEL, RTPROT_RA, Address,
-                           Adopted, NicState, Route)
+from hostnic.model import (AF_INET, AF_INET6, RT_TABLE_LOCAL, RT_TABLE_MAIN, RTPROT_KERNEL,
+                           RTPROT_RA, Address, Adopted, NicState, Route)
 
 SYSCTL_ROOT = "/proc/sys/net"
-IFA_F_SECONDARY, IFA_F_TENTATIVE, IFA_F_DADFAILED, IFA_F_DEPRECATED = 0x01, 0x40, 0x08, 0x20
-IFA_F_TEMPORARY = 0x01  # IPv6 reuses the bit: a privacy address
 # Read-only or meaningless to copy back: the kernel refuses or ignores them.
 UNRESTORABLE = {"ipv4/mc_forwarding", "ipv6/mc_forwarding", "ipv6/stable_secret"}
 
@@ -68,34 +66,31 @@ def read(index: int) -> NicState:
         recorded_at=time.time())
 
 
-def carried(address: Address) -> bool:
-    """An address a container can take: global, usable, not a privacy one."""
-    unusable = IFA_F_TENTATIVE | IFA_F_DADFAILED | IFA_F_DEPRECATED
-    if address.family == socket.AF_INET6:
-        unusable |= IFA_F_TEMPORARY
-    return address.global_scope and not address.flags & unusable
-
-
 def adopt(index: int) -> Adopted:
-    """The configuration a container gets in adopt mode: the NIC's first
-    global IPv4 and IPv6 addresses (primaries first, as the kernel lists
-    them), its own default gateways (the main table's first, else another
-    table's, lowest metric first) and its other routes."""
-    addresses = [a for a in rtnl.addresses_of(index) if carried(a)]
-    v4 = [a for a in addresses if a.family == socket.AF_INET]
-    v6 = [a for a in addresses if a.family == socket.AF_INET6]
-    routes = sorted((info.route for info in rtnl.routes_via(index) if restorable(info)),
-                    key=lambda r: (r.table != RT_TABLE_MAIN, r.priority or 0))
+    """The configuration a container gets in adopt mode from this NIC."""
+    routes = [info.route for info in rtnl.routes_via(index) if restorable(info)]
+    return adoption(rtnl.addresses_of(index), routes, time.time())
+
+
+def adoption(addresses: Sequence[Address], routes: Sequence[Route], now: float) -> Adopted:
+    """What adopt mode hands over of a NIC's addresses (in kernel order) and
+    routes: its first usable IPv4 and IPv6 addresses (primaries first), its
+    own default gateways (the main table's first, else another table's,
+    lowest metric first) and its other routes, one per destination."""
+    usable = [a for a in addresses if a.usable]
+    v4 = [a for a in usable if a.family == AF_INET]
+    v6 = [a for a in usable if a.family == AF_INET6]
+    ordered = sorted(routes, key=lambda r: (r.table != RT_TABLE_MAIN, r.priority or 0))
 
     def gateway(family: int) -> str | None:
-        return next((r.gateway for r in routes if r.family == family and r.default
+        return next((r.gateway for r in ordered if r.family == family and r.default
                      and r.gateway), None)
 
     others: dict[tuple[int, str], Route] = {}
-    for route in routes:
+    for route in ordered:
         if not route.default:
             others.setdefault((route.family, route.destination), route)
     return Adopted(address4=v4[0] if v4 else None, address6=v6[0] if v6 else None,
-                   gateway4=gateway(socket.AF_INET), gateway6=gateway(socket.AF_INET6),
+                   gateway4=gateway(AF_INET), gateway6=gateway(AF_INET6),
                    routes=tuple(others.values()), not_carried=tuple(v4[1:] + v6[1:]),
-                   read_at=time.time())
+                   read_at=now)

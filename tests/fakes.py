@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from hostnic.errors import HostError
 from hostnic.rtnl import IFF_LOOPBACK, IFF_UP, LinkInfo
 from hostnic.model import Address, Adopted, NicRef, NicState, Route
+from hostnic.record import adoption
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
 
@@ -213,16 +214,7 @@ class FakeHost:
     async def adopt(self, index: int) -> Adopted:
         await self._step("adopt", index)
         link = self._home_link(index)
-        v4 = [a for a in link.addresses if a.family == V4 and a.global_scope]
-        v6 = [a for a in link.addresses if a.family == V6 and a.global_scope]
-        routes = sorted(link.routes, key=lambda r: (r.table != 254, r.priority or 0))
-
-        def gateway(family: int) -> str | None:
-            return next((r.gateway for r in routes if r.family == family and r.default
-                         and r.gateway), None)
-
-        return Adopted(v4[0] if v4 else None, v6[0] if v6 else None, gateway(V4), gateway(V6),
-                       tuple(r for r in routes if not r.default), tuple(v4[1:] + v6[1:]))
+        return adoption(link.addresses, link.routes, self.now())  # the real selection
 
     async def host_default_links(self) -> set[int]:
         await self._step("host_default_links", None)

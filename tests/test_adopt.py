@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.trial.unittest import SynchronousTestCase
+
 from hostnic.errors import NicUnavailable
 from hostnic.model import Address, Route
 from hostnic.protocol import CreateEndpoint, CreateNetwork, Join
+from hostnic.record import adoption
 from tests.fakes import V4, V6
 from tests.helpers import EP, EP2, MAC1, MAC2, NET, NET2, SANDBOX, CoreTestCase, endpoint_body
 
@@ -48,6 +51,22 @@ class AdoptTestCase(CoreTestCase):
     def create_endpoint_answer(self, endpoint_id: str = EP) -> Any:
         return self.call(self.core.create_endpoint(CreateEndpoint.parse(
             null_ipam_endpoint(endpoint_id))))
+
+
+class AdoptionTests(SynchronousTestCase):
+    def test_only_settled_global_addresses_that_are_not_privacy_ones_are_handed_over(
+            self) -> None:
+        addresses = [Address(V6, "fd20::aaaa", 64, flags=0x01),  # a privacy address
+                     Address(V6, "fd20::bbbb", 64, flags=0x40),  # still tentative
+                     Address(V6, "fd20::cccc", 64, flags=0x20),  # deprecated
+                     Address(V6, "fe80::7", 64, scope=253),  # link-local
+                     Address(V6, "fd20::7", 64, flags=0x100),  # stable, SLAAC-managed
+                     Address(V4, "10.20.0.7", 24),
+                     Address(V4, "10.20.0.8", 24, flags=0x01)]  # IPv4: a secondary
+        adopted = adoption(addresses, [], 5.0)
+        self.assertEqual((str(adopted.address4), str(adopted.address6), adopted.read_at),
+                         ("10.20.0.7/24", "fd20::7/64 (managetempaddr)", 5.0))
+        self.assertEqual([a.cidr for a in adopted.not_carried], ["10.20.0.8/24"])
 
 
 class AdoptModeTests(AdoptTestCase):
