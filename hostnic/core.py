@@ -146,7 +146,7 @@ class Core:
             if request.adopt:  # each NIC brings its own configuration
                 for nic, link in found:
                     adopted[nic.mac] = await self.host.adopt(link.index)
-                    self._warn_adopted(nic, adopted[nic.mac], request.ipv6)
+                    self._warn_adopted(nic, adopted[nic.mac])
                 pools.check_free(self.state, network_id, nics, self._label)
             network = Network(id=network_id, pool=tuple(nics), gateway4=request.gateway4,
                               gateway6=request.gateway6, subnets=request.subnets,
@@ -157,12 +157,12 @@ class Core:
         narrate(f"created {'adopt-mode ' if request.adopt else ''}network "
                 f"{short(network_id)} with pool {', '.join(self._label(n) for n in nics)}")
 
-    def _warn_adopted(self, nic: NicRef, adopted: Adopted, ipv6: bool) -> None:
+    def _warn_adopted(self, nic: NicRef, adopted: Adopted) -> None:
         """Say what adopt mode will not carry, once, where an operator looks."""
-        if adopted.address4 is None and not (ipv6 and adopted.address6):
+        if adopted.address4 is None and adopted.address6 is None:
             self.log.warn("NIC {nic} has no global address to adopt yet: containers will "
                           "be refused until it has one", nic=self._label(nic))
-        leased = [a for a in (adopted.address4, adopted.address6 if ipv6 else None)
+        leased = [a for a in (adopted.address4, adopted.address6)
                   if a is not None and a.valid is not None]
         if leased:
             self.log.warn("NIC {nic}'s address {addresses} is leased; a container holds it "
@@ -287,7 +287,7 @@ class Core:
         adopted = claim.adopted
         if adopted is None or network is None or not network.adopt:
             return EndpointCreated(claim.mac, request.interface_has_mac)
-        four, six = adopted.address4, adopted.address6 if network.ipv6 else None
+        four, six = adopted.address4, adopted.address6
         return EndpointCreated(
             claim.mac, request.interface_has_mac,
             address4=four.cidr if four and not request.interface_has_address else None,
@@ -299,8 +299,7 @@ class Core:
         included; refuse if it has nothing to adopt."""
         link = await self.host.locate(claim.nic)
         adopted = await self.host.adopt(link.index) if link is not None else claim.adopted
-        if adopted is None or (adopted.address4 is None
-                               and not (network.ipv6 and adopted.address6)):
+        if adopted is None or (adopted.address4 is None and adopted.address6 is None):
             await self.ledger.put_claim(claim, None)
             raise NicUnavailable(
                 f"NIC {self._label(claim.nic)} has no global address to adopt; give it one "
@@ -313,7 +312,7 @@ class Core:
         await self.ledger.put_claim(current, adopted_claim)
         held = self.state.networks.get(network.id)
         if held is not None and _differs(held.adopted.get(claim.mac), adopted):
-            self._warn_adopted(claim.nic, adopted, held.ipv6)
+            self._warn_adopted(claim.nic, adopted)
             await self.ledger.put_network(held, attrs.evolve(
                 held, adopted={**held.adopted, claim.mac: adopted}))
         return adopted_claim
@@ -334,10 +333,8 @@ class Core:
                 claim = await self.lender.lend(ref.endpoint_id, request.sandbox_key)
         network = self.state.networks.get(claim.network_id)
         if network is not None and network.adopt and claim.adopted is not None:
-            adopted, ipv6 = claim.adopted, network.ipv6
-            return Lent(claim.transit_name, adopted.gateway4,
-                        adopted.gateway6 if ipv6 else None,
-                        tuple(r for r in adopted.routes if r.family == 2 or ipv6))
+            adopted = claim.adopted  # adopt mode always carries IPv6 (protocol.py)
+            return Lent(claim.transit_name, adopted.gateway4, adopted.gateway6, adopted.routes)
         return Lent(claim.transit_name, network.gateway4 if network else None,
                     network.gateway6 if network else None)
 
