@@ -84,13 +84,13 @@ def restore(index: int, original: NicState) -> list[str]:
         raise HostError(f"interface {index} vanished from the host")
     name = link.name
     if link.name != original.name:
-        def rename() -> None:
+        def put_name() -> None:
             nonlocal name
             if link.up:  # dockerd hands it back down; a kernel-returned one may differ
                 ipr.link("set", index=index, state="down")
             ipr.link("set", index=index, ifname=original.name)
             name = original.name
-        step(f"name {original.name}", rename)
+        step(f"name {original.name}", put_name)
     if link.mtu != original.mtu:
         step(f"mtu {original.mtu}", lambda: ipr.link("set", index=index, mtu=original.mtu))
     if original.mac and link.mac != original.mac:
