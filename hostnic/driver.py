@@ -52,7 +52,11 @@ class DriverAPI:
             return {"Implements": ["NetworkDriver"]}
 
         async def capabilities(body: Mapping[str, Any]) -> dict[str, Any]:
-            return {"Scope": "local", "ConnectivityScope": "local", "GwAllocChecker": True}
+            # Scope local: each node's engine asks its own hostnic, which names
+            # that node's NIC. ConnectivityScope global (as Docker's macvlan
+            # says): a swarm manager accepts `--scope swarm` networks of this
+            # driver, and every node then creates its own from --config-from.
+            return {"Scope": "local", "ConnectivityScope": "global", "GwAllocChecker": True}
 
         async def gw_alloc_check(body: Mapping[str, Any]) -> dict[str, Any]:
             # The gateway is the tenant network's router, outside this host.

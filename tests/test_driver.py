@@ -32,7 +32,7 @@ class DriverTests(CoreTestCase):
     def test_handshake_with_empty_bodies(self) -> None:
         self.assertEqual(self.post("Plugin.Activate"), (200, {"Implements": ["NetworkDriver"]}))
         code, caps = self.post("NetworkDriver.GetCapabilities")
-        self.assertEqual((code, caps["Scope"], caps["ConnectivityScope"]), (200, "local", "local"))
+        self.assertEqual((code, caps["Scope"], caps["ConnectivityScope"]), (200, "local", "global"))
         self.assertEqual(self.post("NetworkDriver.GwAllocCheck", {"Options": {}}),
                          (200, {"SkipIPv4": True, "SkipIPv6": True}))
 
