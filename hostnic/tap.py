@@ -32,9 +32,11 @@ from hostnic.core import Core
 from hostnic.driver import DriverAPI
 from hostnic.errors import HostnicError
 from hostnic.host import NetlinkHost
+from hostnic.hostlock import claim_host, describe_self
 from hostnic.journald import text_observer
 from hostnic.linkwatch import LinkMonitor
 from hostnic.model import State
+from hostnic import record
 from hostnic.sdnotify import notify, watchdog_interval
 from hostnic.store import StateStore
 from hostnic.web import GuardedSite, Limits, driver_refusal, jsonrpc_refusal
@@ -72,6 +74,9 @@ class Options(usage.Options):
          "File holding the bearer token the admin API requires (mandatory on TCP)."],
         ["client-timeout", None, 30.0,
          "Seconds a client has to send a whole request before it is dropped.", float],
+        ["sysctl-dir", None, record.SYSCTL_ROOT,
+         "Where the host's /proc/sys/net is writable (a managed plugin's "
+         "/proc/sys is read-only: it mounts the host's elsewhere)."],
     ]
 
     def postOptions(self) -> None:
@@ -86,6 +91,9 @@ class Options(usage.Options):
             raise usage.UsageError("the admin API on a network endpoint needs "
                                    "--admin-token-file: anyone who can connect could "
                                    "read hostnic's state and release NICs")
+        if not os.path.isdir(os.path.join(self["sysctl-dir"], "ipv4", "conf")):
+            raise usage.UsageError(f"--sysctl-dir {self['sysctl-dir']!r} does not hold the "
+                                   f"host's net sysctls (ipv4/conf/...)")
         for option in ("socket", "admin"):
             try:
                 serverFromString(reactor, self[option])
@@ -274,7 +282,10 @@ class HostnicServices(service.MultiService):
 
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
+    record.SYSCTL_ROOT = options["sysctl-dir"]
     try:
+        # First the host, then its state: a second hostnic must not even read it.
+        claim_host(reactor, describe_self(options["socket"], options["state-dir"]))
         # Read before serving: a damaged state file stops the start with one
         # sentence, never a traceback, and the file is left as it is.
         state = StateStore(options["state-dir"], deferToThread).load()

@@ -245,3 +245,30 @@ class AdminDaemonTests(DaemonTestCase):
         self.assertEqual(allowed.returncode, 0, allowed.stderr)
         self.assertEqual(json.loads(allowed.stdout)["endpoints"]["admin"],
                          f"tcp:{port}:interface=127.0.0.1")
+
+    def test_one_hostnic_per_host(self) -> None:
+        """A second hostnic in the same network namespace (another state dir,
+        another socket, as the managed plugin would be) refuses to start and
+        says who holds the host; once the first dies, even by SIGKILL, the
+        host is free."""
+        self.start()
+        assert self.proc is not None
+        second = ["ip", "netns", "exec", self.ns, "env", "HOSTNIC_DEPLOYMENT=the second",
+                  TWISTD, "-n", "--pidfile=", "hostnic",
+                  "--socket", f"unix:{self.work}/second.sock",
+                  "--admin", f"unix:{self.work}/second-admin.sock",
+                  "--state-dir", os.path.join(self.work, "second-state")]
+        refused = subprocess.run(second, capture_output=True, text=True, timeout=60)
+        said = refused.stdout + refused.stderr
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("another hostnic already hands out this host's NICs: twistd hostnic "
+                      f"(pid {self.proc.pid}), driver socket unix:{self.sock}:lockfile=1", said)
+        self.assertNotIn("Traceback", said)
+        self.assertFalse(os.path.exists(os.path.join(self.work, "second-state")))
+        self.assertFalse(os.path.exists(f"{self.work}/second.sock"))
+
+        self.kill()
+        self.sock = f"{self.work}/second.sock"
+        self.proc = subprocess.Popen(second, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        self.wait_started()
