@@ -21,7 +21,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from hostnic import rtnl
 from hostnic.errors import HostError
 from hostnic.model import USER_ADDRESS_FLAGS, Address, NicState, Route
-from hostnic.record import SYSCTL_ROOT, read_sysctls
+from hostnic import record
+from hostnic.record import read_sysctls
 
 EEXIST = 17
 _local = threading.local()
@@ -179,7 +180,8 @@ def write_sysctls(name: str, sysctls: tuple[tuple[str, str], ...]) -> list[str]:
             continue
         family, _, entry = key.partition("/")
         try:
-            fd = os.open(f"{SYSCTL_ROOT}/{family}/conf/{name}/{entry}", os.O_WRONLY | os.O_CLOEXEC)
+            fd = os.open(f"{record.SYSCTL_ROOT}/{family}/conf/{name}/{entry}",
+                         os.O_WRONLY | os.O_CLOEXEC)
             try:
                 os.write(fd, value.encode())
             finally:

@@ -13,6 +13,7 @@ from hostnic.errors import HostError
 from hostnic.model import (AF_INET, AF_INET6, RT_TABLE_LOCAL, RT_TABLE_MAIN, RTPROT_KERNEL,
                            RTPROT_RA, Address, Adopted, NicState, Route)
 
+# The host's net sysctls; twistd's --sysctl-dir moves it (a managed plugin).
 SYSCTL_ROOT = "/proc/sys/net"
 # Read-only or meaningless to copy back: the kernel refuses or ignores them.
 UNRESTORABLE = {"ipv4/mc_forwarding", "ipv6/mc_forwarding", "ipv6/stable_secret"}
