@@ -36,7 +36,7 @@ from hostnic.hostlock import claim_host, describe_self
 from hostnic.journald import text_observer
 from hostnic.linkwatch import LinkMonitor
 from hostnic.model import State
-from hostnic import record
+from hostnic import record, unixsock
 from hostnic.sdnotify import notify, watchdog_interval
 from hostnic.store import StateStore
 from hostnic.web import GuardedSite, Limits, driver_refusal, jsonrpc_refusal
@@ -106,27 +106,6 @@ class Options(usage.Options):
                                        f"endpoint: {e}") from None
 
 
-def unix_socket_dir(description: str) -> str | None:
-    """The directory of a ``unix:PATH[:k=v...]`` endpoint, to create it first."""
-    if not description.startswith("unix:"):
-        return None
-    rest = description[len("unix:"):]
-    path, escaped = [], False
-    for char in rest:
-        if escaped:
-            path.append(char)
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == ":":
-            break
-        else:
-            path.append(char)
-    if "".join(path).startswith("address="):
-        return None
-    return os.path.dirname("".join(path)) or None
-
-
 @attrs.define(eq=False)
 class HostnicService(service.Service):
     reactor: Any
@@ -171,9 +150,7 @@ class HostnicService(service.Service):
                                  authorize=admin.authorized if self.admin_token else None)
         for name, description, site in (("driver", self.socket, driver_site),
                                         ("admin", self.admin, admin_site)):
-            directory = unix_socket_dir(description)
-            if directory:
-                os.makedirs(directory, exist_ok=True)
+            unixsock.prepare(description)
             listening = server_endpoint(self.reactor, description).listen(site)
             listening.addCallback(self._listening, name)
             listens.append(listening)
@@ -221,7 +198,10 @@ class HostnicService(service.Service):
             self.log.critical("hostnic cannot start: {error}", error=failure.getErrorMessage(),
                               log_failure=failure)
         self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
-        self.reactor.stop()
+        if self.reactor.running:
+            self.reactor.stop()
+        else:  # a listen refused before twistd ran the reactor
+            self.reactor.callWhenRunning(self.reactor.stop)
 
     def stopService(self) -> Any:
         service.Service.stopService(self)

@@ -53,3 +53,29 @@ class WatchdogTests(SynchronousTestCase):
         self.assertEqual(watchdog_interval(), 30.0)
         os.environ["WATCHDOG_PID"] = "1"  # meant for another process
         self.assertIsNone(watchdog_interval())
+
+
+class FatalTests(SynchronousTestCase):
+    class Reactor:
+        def __init__(self, running: bool) -> None:
+            self.running = running
+            self.calls: list[str] = []
+
+        def addSystemEventTrigger(self, *args: Any) -> None:
+            self.calls.append("exit 1 after shutdown")
+
+        def stop(self) -> None:
+            self.calls.append("stop")
+
+        def callWhenRunning(self, f: Any) -> None:
+            self.calls.append("stop once running" if f == self.stop else "?")
+
+    def test_a_refusal_before_the_reactor_runs_still_ends_the_process(self) -> None:
+        """A listen refused while twistd builds the service (before reactor.run)
+        must not leave a half-started daemon serving the driver alone."""
+        from twisted.python.failure import Failure
+        for running, expected in ((True, "stop"), (False, "stop once running")):
+            reactor = self.Reactor(running)
+            service = HostnicService(reactor, "unix:/d", "/s")
+            service._fatal(Failure(HostnicError("the admin socket is taken")))
+            self.assertEqual(reactor.calls, ["exit 1 after shutdown", expected])

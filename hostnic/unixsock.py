@@ -1,0 +1,66 @@
+"""Getting a ``unix:PATH[:k=v...]`` endpoint's path ready before listening:
+its directory made, and a dead predecessor's socket file removed.
+
+Twisted's ``lockfile=1`` does the latter by pid, which fails in a managed
+plugin: every start is pid 1 of its own namespace, so the old lock always
+looks alive. Asking the socket itself works everywhere: a file nobody
+accepts on (ECONNREFUSED) is stale; a live hostnic answers and keeps it."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+
+
+def split_endpoint(description: str) -> tuple[str, dict[str, str]] | None:
+    """PATH and options of a ``unix:`` endpoint string (Twisted's escaping:
+    ``\\:`` is a colon), or None for any other kind."""
+    if not description.startswith("unix:"):
+        return None
+    fields, field, escaped = [], [], False
+    for char in description[len("unix:"):]:
+        if escaped:
+            field.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            fields.append("".join(field))
+            field = []
+        else:
+            field.append(char)
+    fields.append("".join(field))
+    options = dict(f.split("=", 1) for f in fields[1:] if "=" in f)
+    path = fields[0]
+    if path.startswith("address="):
+        path = path[len("address="):]
+    return path, options
+
+
+def prepare(description: str) -> None:
+    """Make the socket's directory; remove its file if no one listens there."""
+    parsed = split_endpoint(description)
+    if parsed is None:
+        return
+    path, options = parsed
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    if options.get("lockfile") == "1":
+        return  # Twisted's own pid lock settles it
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return  # not ours to remove: the listen fails with a sentence
+    except FileNotFoundError:
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        probe.settimeout(2)
+        probe.connect(path)
+    except OSError as e:
+        if e.errno == errno.ECONNREFUSED:
+            os.unlink(path)
+    finally:
+        probe.close()

@@ -1,0 +1,63 @@
+"""A unix endpoint's path made ready: directory, stale socket file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from hostnic.unixsock import prepare, split_endpoint
+
+
+class SplitTests(SynchronousTestCase):
+    def test_paths_and_options(self) -> None:
+        self.assertEqual(split_endpoint("unix:/run/h/a.sock:mode=600:lockfile=1"),
+                         ("/run/h/a.sock", {"mode": "600", "lockfile": "1"}))
+        self.assertEqual(split_endpoint("unix:address=/x\\:y.sock:mode=660"),
+                         ("/x:y.sock", {"mode": "660"}))
+        self.assertIsNone(split_endpoint("tcp:9123"))
+        self.assertIsNone(split_endpoint("systemd:domain=UNIX:index=0"))
+
+
+class PrepareTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.work = tempfile.mkdtemp(prefix="hn-us-")
+        self.addCleanup(shutil.rmtree, self.work, True)
+        self.path = os.path.join(self.work, "run", "hostnic", "admin.sock")
+
+    def bound(self, listening: bool) -> socket.socket:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        sock = socket.socket(socket.AF_UNIX)
+        self.addCleanup(sock.close)
+        sock.bind(self.path)
+        if listening:
+            sock.listen(1)
+        return sock
+
+    def test_makes_the_directory(self) -> None:
+        prepare(f"unix:{self.path}:mode=600")
+        self.assertTrue(os.path.isdir(os.path.dirname(self.path)))
+
+    def test_a_dead_predecessors_socket_is_removed(self) -> None:
+        self.bound(listening=False).close()  # a killed process leaves the file
+        self.assertTrue(os.path.exists(self.path))
+        prepare(f"unix:{self.path}:mode=600")
+        self.assertFalse(os.path.exists(self.path))
+
+    def test_a_live_socket_is_left_to_its_owner(self) -> None:
+        self.bound(listening=True)
+        prepare(f"unix:{self.path}")
+        self.assertTrue(os.path.exists(self.path))
+
+    def test_lockfile_and_non_sockets_are_not_touched(self) -> None:
+        self.bound(listening=False).close()
+        prepare(f"unix:{self.path}:lockfile=1")  # Twisted's pid lock decides
+        self.assertTrue(os.path.exists(self.path))
+        os.unlink(self.path)
+        with open(self.path, "w") as f:
+            f.write("a user's file")
+        prepare(f"unix:{self.path}")
+        self.assertTrue(os.path.isfile(self.path))
