@@ -1,10 +1,11 @@
 """Getting a ``unix:PATH[:k=v...]`` endpoint's path ready before listening:
 its directory made, and a dead predecessor's socket file removed.
 
-Twisted's ``lockfile=1`` does the latter by pid, which fails in a managed
-plugin: every start is pid 1 of its own namespace, so the old lock always
-looks alive. Asking the socket itself works everywhere: a file nobody
-accepts on (ECONNREFUSED) is stale; a live hostnic answers and keeps it."""
+Twisted's pid lock (``lockfile=1``, its default) does the latter, but fails
+in a managed plugin: every start is pid 1 of its own namespace, so the old
+lock always looks alive. There ``lockfile=0``, and we ask the socket: a
+file nobody accepts on (ECONNREFUSED) is stale; a live hostnic answers and
+keeps it."""
 
 from __future__ import annotations
 
@@ -48,8 +49,8 @@ def prepare(description: str) -> None:
     directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, exist_ok=True)
-    if options.get("lockfile") == "1":
-        return  # Twisted's own pid lock settles it
+    if options.get("lockfile", "1") != "0":
+        return  # Twisted's own pid lock (its default) settles it
     try:
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
             return  # not ours to remove: the listen fails with a sentence

@@ -44,20 +44,21 @@ class PrepareTests(SynchronousTestCase):
     def test_a_dead_predecessors_socket_is_removed(self) -> None:
         self.bound(listening=False).close()  # a killed process leaves the file
         self.assertTrue(os.path.exists(self.path))
-        prepare(f"unix:{self.path}:mode=600")
+        prepare(f"unix:{self.path}:mode=600:lockfile=0")
         self.assertFalse(os.path.exists(self.path))
 
     def test_a_live_socket_is_left_to_its_owner(self) -> None:
         self.bound(listening=True)
-        prepare(f"unix:{self.path}")
+        prepare(f"unix:{self.path}:lockfile=0")
         self.assertTrue(os.path.exists(self.path))
 
     def test_lockfile_and_non_sockets_are_not_touched(self) -> None:
         self.bound(listening=False).close()
-        prepare(f"unix:{self.path}:lockfile=1")  # Twisted's pid lock decides
-        self.assertTrue(os.path.exists(self.path))
+        for lock in (":lockfile=1", ""):  # Twisted's pid lock, its default, decides
+            prepare(f"unix:{self.path}{lock}")
+            self.assertTrue(os.path.exists(self.path))
         os.unlink(self.path)
         with open(self.path, "w") as f:
             f.write("a user's file")
-        prepare(f"unix:{self.path}")
+        prepare(f"unix:{self.path}:lockfile=0")
         self.assertTrue(os.path.isfile(self.path))

@@ -38,13 +38,8 @@ def unit_value(unit: str, key: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def deb() -> Path:
-    started = time.monotonic()
-    result = run(str(ROOT / "scripts" / "build-deb"), timeout=900)
-    built = Path(result.stdout.split()[-1])
-    print(f"\n.deb built in {time.monotonic() - started:.0f}s: {built.name}, "
-          f"{built.stat().st_size / 1e6:.1f} MB")
-    return built
+def deb(built_deb: Path) -> Path:
+    return built_deb  # tests/conftest.py: built once, the managed plugin uses it too
 
 
 @pytest.fixture(scope="module")

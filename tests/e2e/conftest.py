@@ -1,9 +1,11 @@
-"""One private dockerd + hostnic for the whole end-to-end session."""
+"""Private dockerds with hostnic beside them (legacy socket, managed plugin), one each per session."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -13,16 +15,41 @@ from tests.e2e.rig import Rig
 _subnets = itertools.count(10)
 
 
-@pytest.fixture(scope="session")
-def rig() -> Iterator[Rig]:
+@contextlib.contextmanager
+def started(rig: Rig) -> Iterator[Rig]:
     if os.geteuid() != 0:
         pytest.fail("the end-to-end suite needs root (namespaces, veth, dockerd)")
-    rig = Rig()
     try:
         rig.start()
         yield rig
     finally:
         rig.close()
+
+
+@pytest.fixture(scope="session")
+def legacy_rig() -> Iterator[Rig]:
+    """hostnic as the .deb runs it: twistd beside dockerd, on the legacy socket."""
+    with started(Rig()) as rig:
+        yield rig
+
+
+@pytest.fixture(scope="session")
+def managed_rig(plugin_dir: Path) -> Iterator[Rig]:
+    """hostnic as a managed Docker plugin, built by scripts/build-plugin."""
+    with started(Rig(managed=True, plugin_dir=str(plugin_dir))) as rig:
+        yield rig
+
+
+@pytest.fixture
+def rig(request: pytest.FixtureRequest) -> Rig:
+    """The legacy rig, or the one a test asks for with
+    ``@pytest.mark.parametrize("rig", ["legacy", "managed"], indirect=True)``."""
+    mode = getattr(request, "param", "legacy")
+    found: Rig = request.getfixturevalue(f"{mode}_rig")
+    return found
+
+
+BOTH_MODES = pytest.mark.parametrize("rig", ["legacy", "managed"], indirect=True)
 
 
 @pytest.fixture

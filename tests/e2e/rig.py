@@ -8,8 +8,13 @@ remounts /sys, hiding the cgroup v1 tree, and dockerd then refuses to start.
 
 "Host NICs" are veth ends in dockerd's namespace; their peers sit on a bridge
 in a segment namespace that holds the gateway, so pings prove traffic flows.
+With ``managed=True`` hostnic runs as a managed (v2) Docker plugin built by
+scripts/build-plugin, created and enabled in the private dockerd, its state
+directory moved into the rig's work dir (``docker plugin set``).
+
 Everything is removed by ``close()``: processes (only ours, found by mount
-namespace), namespaces, links and directories.
+namespace, or by network namespace for a managed plugin, which has a mount
+namespace of its own), namespaces, links and directories.
 """
 
 from __future__ import annotations
@@ -112,10 +117,19 @@ class Rig:
     plugin: subprocess.Popen[bytes] | None = None
     dockerd: subprocess.Popen[bytes] | None = None
     segments: list[str] = attrs.field(factory=list)
+    managed: bool = False
+    plugin_dir: str | None = None  # scripts/build-plugin's output, when managed
+    dockerd_binary: str = DOCKERD
     _serials: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
 
     def serial(self) -> int:
         return next(self._serials)
+
+    @property
+    def driver(self) -> str:
+        """What ``docker network create -d`` takes: a managed plugin's name
+        resolves only with its tag."""
+        return "hostnic:latest" if self.managed else "hostnic"
 
     @property
     def docker_sock(self) -> str:
@@ -158,7 +172,7 @@ class Rig:
 
     def start_dockerd(self) -> None:
         self.dockerd = self._spawn(
-            "dockerd.log", DOCKERD, "--iptables=false", "--ip6tables=false", "--bridge=none",
+            "dockerd.log", "env", "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1", self.dockerd_binary, "--iptables=false", "--ip6tables=false", "--bridge=none",
             "--data-root", os.path.join(self.work, "docker-data"),
             "--exec-root", os.path.join(self.work, "docker-exec"),
             "-H", f"unix://{self.docker_sock}",
@@ -181,7 +195,16 @@ class Rig:
     def start_plugin(self, state_dir: str | None = None, crash_at: str | None = None,
                      wait: bool = True) -> None:
         """As a user does: twistd from the installed package. ``crash_at``
-        arms a crash point (hostnic/faults.py) in this process only."""
+        arms a crash point (hostnic/faults.py) in this process only. A
+        managed plugin is created and enabled once; after that dockerd
+        itself starts it again whenever it dies: wait for that."""
+        if self.managed:
+            assert state_dir is None and crash_at is None, "legacy-mode only"
+            if self.docker("plugin", "ls", "-q", "-f", "capability=networkdriver",
+                           check=False).stdout.strip() == "":
+                self.install_managed_plugin()
+            self.wait_managed_plugin()
+            return
         command = ["env", f"HOSTNIC_CRASH_AT={crash_at}"] if crash_at else []
         self.plugin = self._spawn(
             "plugin.log", *command, TWISTD, "-n", "--pidfile=", "hostnic",
@@ -225,9 +248,47 @@ class Rig:
             self.start_plugin()
 
     def kill_plugin(self, sig: int = signal.SIGKILL) -> None:
+        if self.managed:
+            pid = self.managed_plugin_pid()
+            assert pid is not None, "the managed plugin is not running"
+            os.kill(pid, sig)
+            wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 30, "the plugin to die")
+            return
         assert self.plugin is not None
         self.plugin.send_signal(sig)
         self.plugin.wait(timeout=30)
+
+    # -- managed plugin --------------------------------------------------------
+
+    def install_managed_plugin(self) -> None:
+        """As the README says a user does, but the state dir in the rig."""
+        assert self.plugin_dir is not None, "a managed rig needs scripts/build-plugin's output"
+        os.makedirs(self.state_dir, exist_ok=True)
+        self.docker("plugin", "create", "hostnic", self.plugin_dir, timeout=600)
+        self.docker("plugin", "set", "hostnic", f"state.source={self.state_dir}")
+        self.docker("plugin", "enable", "hostnic", timeout=120)
+
+    def managed_plugin_pid(self) -> int | None:
+        """The plugin's twistd: in our network namespace (host networking),
+        in a mount namespace of its own."""
+        for pid in self._pids_in_our_netns():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"/opt/venvs/hostnic/bin/twistd" in f.read():
+                        return pid
+            except OSError:
+                pass
+        return None
+
+    def wait_managed_plugin(self) -> int:
+        """Until the plugin answers on its admin socket (hostnic-ctl status)."""
+        ctl = os.path.join(os.path.dirname(sys.executable), "hostnic-ctl")
+        wait_for(lambda: self.managed_plugin_pid() is not None and run(
+            *self.inside(ctl, "status"), check=False, timeout=10).returncode == 0,
+            60, "the managed plugin to serve", interval=0.2)
+        pid = self.managed_plugin_pid()
+        assert pid is not None
+        return pid
 
     def build_image(self) -> None:
         rootfs = os.path.join(self.work, "rootfs")
@@ -284,6 +345,21 @@ class Rig:
 
     # -- tear-down ---------------------------------------------------------
 
+    def _pids_in_our_netns(self) -> list[int]:
+        try:
+            ours = os.stat(f"/run/netns/{self.netns}").st_ino
+        except OSError:
+            return []
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.stat(f"/proc/{entry}/ns/net").st_ino == ours:
+                        pids.append(int(entry))
+                except OSError:
+                    pass
+        return pids
+
     def _our_pids(self) -> list[int]:
         if self.holder is None:
             return []
@@ -303,6 +379,8 @@ class Rig:
 
     def close(self) -> None:
         if self.dockerd is not None and self.dockerd.poll() is None:
+            # A swarm's services would start their tasks again.
+            self.docker("swarm", "leave", "--force", check=False)
             containers = self.docker("ps", "-aq", check=False).stdout.split()
             if containers:
                 self.docker("rm", "-f", *containers, check=False)
@@ -313,9 +391,11 @@ class Rig:
                 self.plugin.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.plugin.kill()
-        # Anything still in our mount namespace is ours (containerd, shims).
+        # Anything still in our mount namespace is ours (containerd, shims),
+        # and a managed plugin in our network namespace.
         for _ in range(50):
-            pids = self._our_pids()
+            plugin = self.managed_plugin_pid() if self.managed else None
+            pids = self._our_pids() + ([plugin] if plugin else [])
             if not pids:
                 break
             for pid in pids:

@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.e2e.conftest import BOTH_MODES
 from tests.e2e.rig import IMAGE, Nic, Rig, run, wait_for
 from tests.e2e.test_docker import docker_error, exec_in, links_in, ping, run_container
 
@@ -106,6 +107,7 @@ def assert_adopted(rig: Rig, container: str, nic: Nic, subnet: int) -> None:
     ping(rig, container, f"fd78:{subnet}::1", tries=10)
 
 
+@BOTH_MODES
 def test_an_adopt_network_hands_the_nic_with_its_own_configuration(
         rig: Rig, cleanup: list, links: list[str], subnet: int) -> None:
     management = management_nic(rig, links, subnet)
@@ -113,13 +115,13 @@ def test_an_adopt_network_hands_the_nic_with_its_own_configuration(
     before = full_snapshot(rig, nic)
     # The host's own way out is refused; the tenant NIC, with defaults of its
     # own that the host does not use, is not.
-    error = docker_error(rig, "network", "create", "-d", "hostnic", "--ipam-driver", "null",
+    error = docker_error(rig, "network", "create", "-d", rig.driver, "--ipam-driver", "null",
                          "-o", f"hostnic_name={management.name}", f"mgmt{subnet}")
     assert "carries the host's default route" in error
     assert "does not handle IPv6" in docker_error(
-        rig, "network", "create", "-d", "hostnic", "--ipam-driver", "null", "--ipv6",
+        rig, "network", "create", "-d", rig.driver, "--ipam-driver", "null", "--ipv6",
         "-o", f"hostnic_name={nic.name}", f"tenant{subnet}")  # dockerd's own refusal
-    rig.docker("network", "create", "-d", "hostnic", "--ipam-driver", "null",
+    rig.docker("network", "create", "-d", rig.driver, "--ipam-driver", "null",
                "-o", f"hostnic_name={nic.name}", f"tenant{subnet}")
     cleanup.append(("network", "rm", f"tenant{subnet}"))
     container = f"a{subnet}"
@@ -148,7 +150,7 @@ def test_an_adopt_network_hands_the_nic_with_its_own_configuration(
 def test_an_adopt_network_refuses_a_nic_with_no_address_to_adopt(
         rig: Rig, cleanup: list, subnet: int) -> None:
     nic = rig.segment(f"10.78.{subnet}.1/24").add_nic(f"tn{subnet}")
-    rig.docker("network", "create", "-d", "hostnic", "--ipam-driver", "null",
+    rig.docker("network", "create", "-d", rig.driver, "--ipam-driver", "null",
                "-o", f"hostnic_name={nic.name}", f"tenant{subnet}")
     cleanup.append(("network", "rm", f"tenant{subnet}"))
     error = docker_error(rig, "run", "--rm", "--network", f"tenant{subnet}", IMAGE, "true")
@@ -160,6 +162,7 @@ def test_an_adopt_network_refuses_a_nic_with_no_address_to_adopt(
     ping(rig, f"a{subnet}", f"10.78.{subnet}.1")
 
 
+@BOTH_MODES
 def test_a_nic_comes_back_with_everything_it_had(rig: Rig, cleanup: list, subnet: int) -> None:
     segment = rig.segment(f"10.77.{subnet}.1/24")
     nic = segment.add_nic(f"hn{subnet}a", mtu=1400)
@@ -186,7 +189,7 @@ def test_a_nic_comes_back_with_everything_it_had(rig: Rig, cleanup: list, subnet
     before = full_snapshot(rig, nic)
     assert len(before["routes"]) == 4 and "ipv4/rp_filter:2" in before["sysctls"]
 
-    rig.docker("network", "create", "-d", "hostnic", "-o", f"hostnic_mac={nic.mac}",
+    rig.docker("network", "create", "-d", rig.driver, "-o", f"hostnic_mac={nic.mac}",
                "--subnet", f"10.77.{subnet}.0/24", "--gateway", f"10.77.{subnet}.1",
                f"net{subnet}")
     cleanup.append(("network", "rm", f"net{subnet}"))
@@ -205,19 +208,19 @@ def test_a_bridge_port_and_a_nic_with_a_device_on_top_are_refused(
     host(rig, "link", "add", f"br{subnet}", "type", "bridge")
     links.append(f"br{subnet}")
     host(rig, "link", "set", port.name, "master", f"br{subnet}")
-    error = docker_error(rig, "network", "create", "-d", "hostnic",
+    error = docker_error(rig, "network", "create", "-d", rig.driver,
                          "-o", f"hostnic_mac={port.mac}", f"net{subnet}")
     cleanup.append(("network", "rm", f"net{subnet}"))
     assert f"is a port of bridge br{subnet}; lending it would cut br{subnet} off" in error
     # No VLAN support in this kernel: a macvlan on top stands for one.
     host(rig, "link", "add", f"mv{subnet}", "link", lower.name, "type", "macvlan")
     links.append(f"mv{subnet}")
-    error = docker_error(rig, "network", "create", "-d", "hostnic",
+    error = docker_error(rig, "network", "create", "-d", rig.driver,
                          "-o", f"hostnic_mac={lower.mac}", f"net{subnet}")
     assert f"carries macvlan mv{subnet}; lending it would cut them off" in error
     # A device put on top after the network was made is seen at the lend.
     host(rig, "link", "del", f"mv{subnet}")
-    rig.docker("network", "create", "-d", "hostnic", "-o", f"hostnic_mac={lower.mac}",
+    rig.docker("network", "create", "-d", rig.driver, "-o", f"hostnic_mac={lower.mac}",
                "--subnet", f"10.77.{subnet}.0/24", f"net{subnet}")
     host(rig, "link", "add", f"mv{subnet}", "link", lower.name, "type", "macvlan")
     error = docker_error(rig, "run", "--rm", "--network", f"net{subnet}", IMAGE, "true")

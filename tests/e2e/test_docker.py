@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.conftest import BOTH_MODES
 from tests.e2e.rig import IMAGE, Nic, Rig, wait_for
 
 pytestmark = pytest.mark.e2e
 
 
 def create_network(rig: Rig, cleanup: list, name: str, subnet: int, *opts: str) -> str:
-    result = rig.docker("network", "create", "-d", "hostnic", *opts,
+    result = rig.docker("network", "create", "-d", rig.driver, *opts,
                         "--subnet", f"10.77.{subnet}.0/24", "--gateway", f"10.77.{subnet}.1",
                         name)
     cleanup.append(("network", "rm", name))
@@ -68,6 +69,7 @@ def docker_error(rig: Rig, *args: str) -> str:
 
 # 1 ---------------------------------------------------------------------------
 
+@BOTH_MODES
 @pytest.mark.parametrize("by", ["hostnic_mac", "hostnic_name"])
 def test_container_gets_the_nic_as_eth0(rig: Rig, cleanup: list, subnet: int, by: str) -> None:
     segment = rig.segment(f"10.77.{subnet}.1/24")
@@ -89,6 +91,7 @@ def test_container_gets_the_nic_as_eth0(rig: Rig, cleanup: list, subnet: int, by
 
 # 2 ---------------------------------------------------------------------------
 
+@BOTH_MODES
 def test_stop_and_rm_give_the_nic_back_as_it_was(rig: Rig, cleanup: list, subnet: int) -> None:
     segment = rig.segment(f"10.77.{subnet}.1/24")
     nic = segment.add_nic(f"hn{subnet}a", mtu=1400,
@@ -111,6 +114,7 @@ def test_stop_and_rm_give_the_nic_back_as_it_was(rig: Rig, cleanup: list, subnet
 
 # 3 ---------------------------------------------------------------------------
 
+@BOTH_MODES
 def test_restart_rerun_connect_and_disconnect(rig: Rig, cleanup: list, subnet: int) -> None:
     segment = rig.segment(f"10.77.{subnet}.1/24")
     first = segment.add_nic(f"hn{subnet}a")
@@ -187,13 +191,14 @@ def test_pin_with_driver_opt_on_connect(rig: Rig, cleanup: list, subnet: int) ->
 
 # 5 ---------------------------------------------------------------------------
 
+@BOTH_MODES
 def test_network_create_refusals(rig: Rig, cleanup: list, subnet: int) -> None:
     segment = rig.segment(f"10.77.{subnet}.1/24")
     nic = segment.add_nic(f"hn{subnet}a")
     network_id = create_network(rig, cleanup, f"net{subnet}", subnet, "-o", f"hostnic_mac={nic.mac}")
 
     def refused(*opts: str) -> str:
-        error = docker_error(rig, "network", "create", "-d", "hostnic", *opts, "--subnet",
+        error = docker_error(rig, "network", "create", "-d", rig.driver, *opts, "--subnet",
                              f"10.78.{subnet}.0/24", f"bad{subnet}")
         cleanup.append(("network", "rm", f"bad{subnet}"))
         return error
@@ -236,6 +241,7 @@ def container_with_a_lent_nic(rig: Rig, cleanup: list, subnet: int) -> tuple[Nic
     return nic, before
 
 
+@BOTH_MODES
 def test_plugin_sigkill_and_restart_loses_nothing(rig: Rig, cleanup: list, subnet: int) -> None:
     nic, before = container_with_a_lent_nic(rig, cleanup, subnet)
 
@@ -249,6 +255,7 @@ def test_plugin_sigkill_and_restart_loses_nothing(rig: Rig, cleanup: list, subne
     ping(rig, f"d{subnet}", f"10.77.{subnet}.1")
 
 
+@BOTH_MODES
 def test_dockerd_restart_gives_the_nic_back(rig: Rig, cleanup: list, subnet: int) -> None:
     nic, before = container_with_a_lent_nic(rig, cleanup, subnet)
     assert rig.host_link_by_mac(nic.mac) is None
@@ -283,6 +290,7 @@ def test_nic_named_like_the_containers_eth0(rig: Rig, cleanup: list, subnet: int
 
 # 8 ---------------------------------------------------------------------------
 
+@BOTH_MODES
 def test_ipv6(rig: Rig, cleanup: list, subnet: int) -> None:
     segment = rig.segment(f"10.77.{subnet}.1/24", f"fd77:{subnet}::1/64")
     nic = segment.add_nic(f"hn{subnet}a")
@@ -345,6 +353,7 @@ def test_start_time_against_network_none_and_macvlan(rig: Rig, cleanup: list, su
 
 # admin API ------------------------------------------------------------------
 
+@BOTH_MODES
 def test_admin_cli_shows_what_dockerd_holds(rig: Rig, cleanup: list, subnet: int) -> None:
     import os
     import sys
@@ -369,7 +378,14 @@ def test_admin_cli_shows_what_dockerd_holds(rig: Rig, cleanup: list, subnet: int
     assert by_mac[free]["status"] == "in-pool"
     refused = subprocess_run(rig.inside(ctl, "release", mac))
     assert refused.returncode == 1 and "inside the live namespace" in refused.stderr
-    assert admin("status")["pid"] == rig.plugin.pid  # type: ignore[union-attr]
+    # The daemon that answers is the one dockerd uses (a managed plugin's
+    # pid is that of its own pid namespace: compare its driver socket).
+    status = admin("status")
+    if rig.managed:
+        assert status["endpoints"]["driver"].startswith("unix:/run/docker/plugins/hostnic.sock")
+        assert status["state_dir"] == "/var/lib/hostnic"
+    else:
+        assert status["pid"] == rig.plugin.pid  # type: ignore[union-attr]
 
 
 def subprocess_run(cmd: list[str]) -> Any:

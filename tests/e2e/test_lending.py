@@ -51,7 +51,7 @@ def test_a_network_whose_create_was_cut_short_can_be_removed_by_the_operator(
     nic = segment.add_nic(f"hn{subnet}a")
     ctl = os.path.join(os.path.dirname(sys.executable), "hostnic-ctl")
     with rig.supervised_plugin(crash_at="network.recorded") as exits:
-        error = docker_error(rig, "network", "create", "-d", "hostnic",
+        error = docker_error(rig, "network", "create", "-d", rig.driver,
                              "-o", f"hostnic_mac={nic.mac}", "--subnet",
                              f"10.77.{subnet}.0/24", f"net{subnet}")
         cleanup.append(("network", "rm", f"net{subnet}"))
@@ -62,7 +62,7 @@ def test_a_network_whose_create_was_cut_short_can_be_removed_by_the_operator(
         [orphan] = json.loads(run(*rig.inside(ctl, "--json", "networks")).stdout)
         assert orphan["pool"][0]["mac"] == nic.mac
         assert "already in hostnic network" in docker_error(
-            rig, "network", "create", "-d", "hostnic", "-o", f"hostnic_mac={nic.mac}",
+            rig, "network", "create", "-d", rig.driver, "-o", f"hostnic_mac={nic.mac}",
             "--subnet", f"10.77.{subnet}.0/24", f"net{subnet}")
         removed = run(*rig.inside(ctl, "network-rm", orphan["id"][:12])).stdout
         assert f"free again: {nic.mac}" in removed
@@ -97,7 +97,7 @@ def test_a_full_state_disk_refuses_network_create_and_loses_nothing(
             error, made = "", 0
             for i, nic in enumerate(nics[1:], 1):
                 before = state_file()
-                result = rig.docker("network", "create", "-d", "hostnic",
+                result = rig.docker("network", "create", "-d", rig.driver,
                                     "-o", f"hostnic_mac={nic.mac}", f"full{subnet}x{i}",
                                     check=False)
                 cleanup.append(("network", "rm", f"full{subnet}x{i}"))
