@@ -108,6 +108,9 @@ class NetlinkHost:
     monitor: LinkMonitor
     run_in_thread: Run  # reads that must ask the kernel
     run_change: Run  # the one netlink thread
+    # Where dockerd's namespace files (SandboxKeys) are seen from here, if
+    # not at their own paths: a managed plugin sees the host's /run elsewhere.
+    netns_dir: str | None = None
 
     def on_link_appeared(self, callback: Callable[[LinkInfo], None]) -> None:
         def listener(msg_type: int, link: LinkInfo) -> None:
@@ -167,6 +170,8 @@ class NetlinkHost:
         return tuple(problems)
 
     async def namespace_exists(self, path: str) -> bool:
+        if self.netns_dir is not None:
+            path = os.path.join(self.netns_dir, os.path.basename(path))
         exists: bool = await self.run_in_thread(os.path.exists, path)
         return exists
 

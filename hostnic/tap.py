@@ -74,6 +74,9 @@ class Options(usage.Options):
          "File holding the bearer token the admin API requires (mandatory on TCP)."],
         ["client-timeout", None, 30.0,
          "Seconds a client has to send a whole request before it is dropped.", float],
+        ["netns-dir", None, None,
+         "Where dockerd's namespace files (its SandboxKeys, /run/docker/netns/ID) "
+         "are seen from here, if not at their own paths (a managed plugin)."],
         ["sysctl-dir", None, record.SYSCTL_ROOT,
          "Where the host's /proc/sys/net is writable (a managed plugin's "
          "/proc/sys is read-only: it mounts the host's elsewhere)."],
@@ -115,6 +118,7 @@ class HostnicService(service.Service):
     admin_token: bytes | None = None
     state: State = attrs.field(factory=State)
     client_timeout: float = 30.0
+    netns_dir: str | None = None
     core: Core | None = None
     monitor: LinkMonitor | None = None
     ports: list[IListeningPort] = attrs.field(factory=list)
@@ -131,7 +135,8 @@ class HostnicService(service.Service):
         self.netlink_thread = ThreadPool(minthreads=1, maxthreads=1, name="hostnic-netlink")
         self.netlink_thread.start()
         host = NetlinkHost(self.monitor, deferToThread,
-                           partial(deferToThreadPool, self.reactor, self.netlink_thread))
+                           partial(deferToThreadPool, self.reactor, self.netlink_thread),
+                           netns_dir=self.netns_dir)
         self.core = Core(host=host, store=store, state=state, reactor=self.reactor)
         driver = DriverAPI(self.core, self.core.journal)
         admin = AdminAPI(self.core, ServiceInfo(
@@ -276,5 +281,6 @@ def makeService(options: Options) -> service.IService:
     top = HostnicServices()
     HostnicService(reactor, options["socket"], options["state-dir"], options["admin"],
                    options["admin-token"], state=state,
-                   client_timeout=options["client-timeout"]).setServiceParent(top)
+                   client_timeout=options["client-timeout"],
+                   netns_dir=options["netns-dir"]).setServiceParent(top)
     return top
