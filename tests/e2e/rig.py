@@ -174,7 +174,9 @@ class Rig:
         self.dockerd = self._spawn(
             "dockerd.log", "env", "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1", self.dockerd_binary, "--iptables=false", "--ip6tables=false", "--bridge=none",
             "--data-root", os.path.join(self.work, "docker-data"),
-            "--exec-root", os.path.join(self.work, "docker-exec"),
+            # dockerd's default, in our private /run: a managed plugin finds
+            # the namespaces there, as on a real host.
+            "--exec-root", "/run/docker",
             "-H", f"unix://{self.docker_sock}",
             "--pidfile", os.path.join(self.work, "docker.pid"))
         wait_for(lambda: self.dockerd.poll() is not None or run(  # type: ignore[union-attr]
