@@ -1,0 +1,75 @@
+"""What only the managed plugin has: its life under `docker plugin`
+(disable/enable, upgrade by re-creating it), and the one-hostnic-per-host
+rule against a legacy hostnic started beside it."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from tests.e2e.rig import TWISTD, Rig, run, wait_for
+from tests.e2e.test_docker import (container_with_a_lent_nic, docker_error, ping,
+                                   run_container, snapshot)
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def rig(managed_rig: Rig) -> Rig:
+    return managed_rig
+
+
+def claims(rig: Rig) -> list[dict[str, Any]]:
+    import json
+    ctl = os.path.join(os.path.dirname(TWISTD), "hostnic-ctl")
+    listed: list[dict[str, Any]] = json.loads(run(*rig.inside(ctl, "--json", "endpoints")).stdout)
+    return listed
+
+
+def test_claims_survive_disable_enable_and_an_upgrade(rig: Rig, cleanup: list,
+                                                      subnet: int) -> None:
+    nic, before = container_with_a_lent_nic(rig, cleanup, subnet)
+    [claim] = [c for c in claims(rig) if c["mac"] == nic.mac]
+
+    # Docker refuses to disable a plugin in use, unless forced.
+    assert "in use" in docker_error(rig, "plugin", "disable", "hostnic")
+    rig.docker("plugin", "disable", "-f", "hostnic")
+    assert rig.managed_plugin_pid() is None
+    rig.docker("plugin", "enable", "hostnic")
+    rig.wait_managed_plugin()
+    assert [c for c in claims(rig) if c["mac"] == nic.mac] == [claim]
+    ping(rig, f"c{subnet}", f"10.77.{subnet}.1")
+
+    # The README's upgrade without a registry: a new plugin of the same name
+    # from the new build, the same state directory.
+    rig.docker("plugin", "disable", "-f", "hostnic")
+    rig.docker("plugin", "rm", "-f", "hostnic")
+    rig.install_managed_plugin()
+    rig.wait_managed_plugin()
+    assert [c for c in claims(rig) if c["mac"] == nic.mac] == [claim]
+
+    rig.docker("stop", "-t", "1", f"c{subnet}")
+    wait_for(lambda: rig.host_link_by_mac(nic.mac) is not None
+             and snapshot(rig, nic) == before, 30, "the NIC to come home restored")
+    assert [c for c in claims(rig) if c["mac"] == nic.mac] == []
+    rig.docker("rm", f"c{subnet}")
+    run_container(rig, cleanup, f"d{subnet}", "--network", f"net{subnet}")
+    ping(rig, f"d{subnet}", f"10.77.{subnet}.1")
+
+
+def test_a_legacy_hostnic_beside_the_plugin_refuses_to_start(rig: Rig, tmp_path: Any) -> None:
+    """As a .deb's service would, on a host whose dockerd runs the plugin."""
+    started = run(*rig.inside(
+        TWISTD, "-n", "--pidfile=", "hostnic", "--socket", "unix:/run/legacy/hostnic.sock",
+        "--admin", "unix:/run/legacy/admin.sock", "--state-dir", str(tmp_path / "state")),
+        check=False, timeout=60)
+    said = started.stdout + started.stderr
+    assert started.returncode != 0
+    assert ("hostnic cannot start: another hostnic already hands out this host's NICs: "
+            "the managed Docker plugin hostnic (pid 1), driver socket "
+            "unix:/run/docker/plugins/hostnic.sock") in said
+    assert "Traceback" not in said
+    assert not (tmp_path / "state").exists()
+    rig.wait_managed_plugin()  # and the plugin serves on
