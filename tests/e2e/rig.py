@@ -119,7 +119,9 @@ class Rig:
     segments: list[str] = attrs.field(factory=list)
     managed: bool = False
     plugin_dir: str | None = None  # scripts/build-plugin's output, when managed
-    dockerd_binary: str = DOCKERD
+    # The engine under test: Debian 12's, or another (scripts/fetch-engine).
+    dockerd_binary: str = attrs.field(
+        factory=lambda: os.environ.get("HOSTNIC_E2E_DOCKERD") or DOCKERD)
     _serials: Iterator[int] = attrs.field(factory=lambda: itertools.count(1))
 
     def serial(self) -> int:
@@ -202,9 +204,12 @@ class Rig:
         itself starts it again whenever it dies: wait for that."""
         if self.managed:
             assert state_dir is None and crash_at is None, "legacy-mode only"
-            if self.docker("plugin", "ls", "-q", "-f", "capability=networkdriver",
-                           check=False).stdout.strip() == "":
+            enabled = self.docker("plugin", "inspect", "-f", "{{.Enabled}}", "hostnic",
+                                  check=False)
+            if enabled.returncode != 0:
                 self.install_managed_plugin()
+            elif enabled.stdout.strip() != "true":
+                self.docker("plugin", "enable", "hostnic", timeout=120)
             self.wait_managed_plugin()
             return
         command = ["env", f"HOSTNIC_CRASH_AT={crash_at}"] if crash_at else []
