@@ -5,20 +5,20 @@ rule against a legacy hostnic started beside it."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
 from tests.e2e.rig import TWISTD, Rig, run, wait_for
-from tests.e2e.test_docker import (container_with_a_lent_nic, docker_error, ping,
-                                   run_container, snapshot)
+from tests.e2e.test_docker import container_with_a_lent_nic, ping, run_container, snapshot
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def rig(managed_rig: Rig) -> Rig:
-    return managed_rig
+def rig(managed_rig: Rig) -> Iterator[Rig]:
+    yield managed_rig
+    managed_rig.start_plugin()  # enabled again, whatever a failed test left
 
 
 def claims(rig: Rig) -> list[dict[str, Any]]:
@@ -33,8 +33,10 @@ def test_claims_survive_disable_enable_and_an_upgrade(rig: Rig, cleanup: list,
     nic, before = container_with_a_lent_nic(rig, cleanup, subnet)
     [claim] = [c for c in claims(rig) if c["mac"] == nic.mac]
 
-    # Docker refuses to disable a plugin in use, unless forced.
-    assert "in use" in docker_error(rig, "plugin", "disable", "hostnic")
+    # -f: dockerd refuses to disable a plugin its networks use, but its
+    # count of users is not to be trusted across its own restarts (the
+    # networks it restores at start do not count), so a user cannot rely
+    # on either answer.
     rig.docker("plugin", "disable", "-f", "hostnic")
     assert rig.managed_plugin_pid() is None
     rig.docker("plugin", "enable", "hostnic")
