@@ -22,7 +22,10 @@ def _run(*cmd: str, timeout: float) -> str:
 
 @pytest.fixture(scope="session")
 def built_deb() -> Path:
-    """scripts/build-deb, as a user runs it, from this tree."""
+    """scripts/build-deb, as a user runs it, from this tree; or the .deb
+    HOSTNIC_TEST_DEB names (scripts/test's second engine reuses the first's)."""
+    if os.environ.get("HOSTNIC_TEST_DEB"):
+        return Path(os.environ["HOSTNIC_TEST_DEB"])
     started = time.monotonic()
     built = Path(_run(str(ROOT / "scripts" / "build-deb"), timeout=900).split()[-1])
     print(f"\n.deb built in {time.monotonic() - started:.0f}s: {built.name}, "
