@@ -33,8 +33,10 @@ def task_start(docker: Callable[..., Any], name: str, *network: str,
     """Seconds from ``service create`` to its task running; then removes it
     and waits for its container to be gone (and so its NIC given back)."""
     started = time.monotonic()
-    docker("service", "create", "-d", "--name", name, "--mode", "global",
-           "--endpoint-mode", "dnsrr", "--stop-grace-period", "1s", *network,
+    # --no-resolve-image: no registry to ask for a digest (the CLI would
+    # wait for DNS to time out when the node has a route out).
+    docker("service", "create", "-d", "--no-resolve-image", "--name", name,
+           "--mode", "global", "--endpoint-mode", "dnsrr", "--stop-grace-period", "1s", *network,
            image, "sleep", "3600")
     wait(lambda: running_tasks(docker, name), 60, f"service {name}'s task")
     elapsed = time.monotonic() - started

@@ -37,9 +37,9 @@ def config_network(rig: Rig, name: str, nic: Nic, subnet: str, gateway: str,
 
 def global_service(rig: Rig, name: str, network: str) -> None:
     # dnsrr: no virtual IP, so no ingress/load-balancer leg; a short grace
-    # period because `sleep` as pid 1 ignores SIGTERM.
-    rig.docker("service", "create", "-d", "--name", name, "--mode", "global",
-               "--endpoint-mode", "dnsrr", "--stop-grace-period", "1s",
+    # period because `sleep` as pid 1 ignores SIGTERM; no registry to ask.
+    rig.docker("service", "create", "-d", "--no-resolve-image", "--name", name,
+               "--mode", "global", "--endpoint-mode", "dnsrr", "--stop-grace-period", "1s",
                "--network", network, "hostnic-test:busybox", "sleep", "3600")
 
 
