@@ -1,4 +1,4 @@
-"""Private dockerds with hostnic beside them (legacy socket, managed plugin), one each per session."""
+"""Private dockerds with hostnic beside them (legacy socket, managed plugin), per session."""
 
 from __future__ import annotations
 
