@@ -20,6 +20,16 @@ def _run(*cmd: str, timeout: float) -> str:
     return result.stdout
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    dockerd = os.environ.get("HOSTNIC_E2E_DOCKERD") or "/usr/sbin/dockerd"
+    try:
+        version = subprocess.run([dockerd, "--version"], capture_output=True, text=True,
+                                 timeout=30).stdout.strip()
+    except OSError as e:
+        version = f"not runnable: {e}"
+    return f"end-to-end engine: {dockerd}: {version}"
+
+
 @pytest.fixture(scope="session")
 def built_deb() -> Path:
     """scripts/build-deb, as a user runs it, from this tree; or the .deb

@@ -5,25 +5,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import subprocess
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from tests.e2e.rig import DOCKERD, Rig
+from tests.e2e.rig import Rig
 
 _subnets = itertools.count(10)
-
-
-def pytest_report_header(config: pytest.Config) -> str:
-    dockerd = os.environ.get("HOSTNIC_E2E_DOCKERD") or DOCKERD
-    try:
-        version = subprocess.run([dockerd, "--version"], capture_output=True, text=True,
-                                 timeout=30).stdout.strip()
-    except OSError as e:
-        version = f"not runnable: {e}"
-    return f"end-to-end engine: {dockerd}: {version}"
 
 
 @contextlib.contextmanager
