@@ -53,9 +53,10 @@ class DriverAPI:
 
         async def capabilities(body: Mapping[str, Any]) -> dict[str, Any]:
             # Scope local: each node's engine asks its own hostnic, which names
-            # that node's NIC. ConnectivityScope global (as Docker's macvlan
-            # says): a swarm manager accepts `--scope swarm` networks of this
-            # driver, and every node then creates its own from --config-from.
+            # that node's NIC (from its own --config-from network).
+            # ConnectivityScope global (as Docker's macvlan says): a swarm
+            # network of this driver joins the swarm's gossip, so each node's
+            # DNS knows the tasks on the other nodes.
             return {"Scope": "local", "ConnectivityScope": "global", "GwAllocChecker": True}
 
         async def gw_alloc_check(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -167,6 +167,14 @@ def test_two_node_swarm(managed: Rig, second_node: Rig, subnet: int) -> None:
             other = addresses.difference({exec_in(first, tasks[first.netns], "ip", "-4", "-o",
                                                   "addr", "show", "eth0").split()[3]}).pop()
             ping(first, tasks[first.netns], other.split("/")[0])
+            # Service discovery spans the nodes: ConnectivityScope global puts
+            # the network in the swarm's gossip, so each node's DNS knows the
+            # other node's task (a local one would know only its own).
+            for node in (first, second):
+                answer = wait_for(lambda: _both_in(exec_in(
+                    node, tasks[node.netns], "nslookup", f"tasks.svc{subnet}"), addresses),
+                    30, "both tasks in the service's DNS")
+                assert answer
 
             second_id = second.docker("info", "-f", "{{.Swarm.NodeID}}").stdout.strip()
             first.docker("node", "update", "--availability", "drain", second_id)
@@ -183,6 +191,10 @@ def test_two_node_swarm(managed: Rig, second_node: Rig, subnet: int) -> None:
             second.docker("swarm", "leave", "--force", check=False)
     for node in (first, second):
         node.docker("network", "rm", f"cfg{subnet}", check=False)
+
+
+def _both_in(answer: str, addresses: set[str]) -> bool:
+    return all(address.split("/")[0] in answer for address in addresses)
 
 
 def _add_nic_to(node: Rig, segment: Any, name: str) -> Nic:
