@@ -401,6 +401,8 @@ class Core:
                                nic=claim.mac, error=e.message)
                 self._settle_later(claim.nic)
                 continue
+            if outcome == "in-flight":
+                self._settle_later(claim.nic)  # its container may yet start
             key = {"away": "absent"}.get(outcome or "", outcome or "")
             if key in outcomes:
                 outcomes[key].append(claim.mac)
@@ -446,12 +448,14 @@ class Core:
         try:
             async with self.locks.hold("nic:" + nic.key):
                 self._settling.discard(nic.key)
-                await self.lender.settle(nic, thorough)
+                outcome = await self.lender.settle(nic, thorough)
         except HostnicError as e:
             self.log.error("settling NIC {nic} failed: {error}", nic=nic.mac, error=e.message)
             self._settle_later(nic)
         else:
-            if thorough:
+            if outcome == "in-flight":
+                self._settle_later(nic)  # its container may yet start
+            elif thorough:
                 self.retries.succeeded("nic:" + nic.key)
         finally:
             self._settling.discard(nic.key)

@@ -28,6 +28,14 @@ from hostnic.ledger import Ledger
 from hostnic.model import Claim, NicRef, NicState, Phase
 from hostnic.text import short
 
+# dockerd makes a container's namespace file (the SandboxKey) only when it
+# starts the container, after Join: until then the NIC waits at home under
+# its transit name, neither in a container nor abandoned. A claim that young,
+# its NIC home under that name, is not given back for want of its namespace;
+# it is settled again later. (Under any other name it has been in a
+# container: the kernel or dockerd brought it back.)
+JOIN_IN_FLIGHT_SECONDS = 60.0
+
 
 def describe(state: NicState) -> str:
     addresses = ", ".join(map(str, state.addresses)) or "no addresses"
@@ -233,6 +241,9 @@ class Lender:
             return "away"
         if thorough and claim.sandbox_key \
                 and not await self.host.namespace_exists(claim.sandbox_key):
+            if link.name == claim.transit_name \
+                    and self.clock() - (claim.joined_at or 0.0) < JOIN_IN_FLIGHT_SECONDS:
+                return "in-flight"
             # Its container is gone and dockerd's Delete was lost: give it back.
             current = self._claim(claim.endpoint_id)
             if current is not None:

@@ -51,6 +51,7 @@ class CoreTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.host = FakeHost()
         self.host.live_namespaces.add(SANDBOX)
+        self.now = 1000.0  # the core's wall clock; a test may move it
         self.reactor = Clock()
         self.state_dir = self.mktemp()
         self.core = self.new_core()
@@ -60,7 +61,7 @@ class CoreTestCase(SynchronousTestCase):
         self.store = StateStore(self.state_dir, run_now)
         self.host.detach()  # the previous process is gone
         core = Core(host=self.host, store=self.store, state=self.store.load(),
-                    clock=lambda: 1000.0, reactor=self.reactor)
+                    clock=lambda: self.now, reactor=self.reactor)
         self.call(core.start())
         return core
 

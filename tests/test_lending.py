@@ -297,3 +297,38 @@ class ReleasingSurvivesRestartTests(LendingTestCase):
         self.assert_home_as_before()
         self.assertEqual(self.durable().claims, {})
         self.assertEqual(self.host.known(NicRef(MAC1))[0].name, "ens4")
+
+
+class ContainerNotStartedYetTests(LendingTestCase):
+    """dockerd makes a container's namespace file (the SandboxKey) only when
+    it starts the container, after Join. A thorough settle in that window (a
+    bodyless DeleteEndpoint's settle_all, a retry) once gave the NIC back,
+    and the container's start failed: "failed to add interface hn... to
+    sandbox: Link not found" (seen in CI, ten containers started at once)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.host.live_namespaces.clear()  # no container has started
+
+    def test_a_thorough_settle_leaves_a_nic_whose_container_is_starting(self) -> None:
+        src = self.join().src_name
+        self.core.settle_all()
+        self.reactor.advance(30)  # retries come and go within the window
+        self.assertEqual(self.nic1.name, src)
+        self.assertEqual(self.core.state.claims[EP].phase, Phase.JOINED)
+        self.host.dockerd_moves_in(src, SANDBOX, "192.168.7.10")  # the start goes on
+
+    def test_past_the_window_a_nic_home_without_its_container_is_given_back(self) -> None:
+        """The same NIC, home under its transit name, but its container has
+        come and gone (dockerd brought it back, its Leave and Delete lost):
+        released once the claim is older than any container start."""
+        src = self.join().src_name
+        self.host.dockerd_moves_in(src, SANDBOX, "192.168.7.10")
+        self.host.dockerd_moves_back(MAC1, src)
+        self.host.live_namespaces.discard(SANDBOX)
+        self.core.settle_all()
+        self.assertEqual(self.core.state.claims[EP].phase, Phase.JOINED)  # too young to tell
+        self.now += 61
+        self.reactor.advance(60)  # the retry settle_all left behind
+        self.assertNotIn(EP, self.core.state.claims)
+        self.assertEqual(self.nic1.state(), self.before)
