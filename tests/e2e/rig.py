@@ -416,4 +416,11 @@ class Rig:
             self.holder.wait(timeout=10)
         for netns in [*self.segments, self.netns]:
             run("ip", "netns", "del", netns, check=False)
+        keep = os.environ.get("HOSTNIC_E2E_KEEP_LOGS")  # a directory, to read them later
+        if keep:
+            os.makedirs(keep, exist_ok=True)
+            for name in os.listdir(self.work):
+                if name.endswith(".log"):
+                    shutil.copy(os.path.join(self.work, name),
+                                os.path.join(keep, f"{self.netns}-{name}"))
         shutil.rmtree(self.work, ignore_errors=True)
