@@ -65,3 +65,19 @@ def cleanup(rig: Rig) -> Iterator[list[tuple[str, ...]]]:
     yield undo
     for args in reversed(undo):
         rig.docker(*args, check=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed end-to-end test shows the end of hostnic's log (a managed
+    plugin's lines are in dockerd's): the rig's files are gone afterwards."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when != "call" or not report.failed:
+        return
+    for rig in {id(r): r for r in getattr(item, "funcargs", {}).values()
+                if isinstance(r, Rig)}.values():
+        lines = (rig.log("plugin.log").splitlines() if not rig.managed else
+                 [l for l in rig.log("dockerd.log").splitlines() if "plugin=" in l])
+        report.sections.append((f"hostnic log of {rig.netns} (last 60 lines)",
+                                "\n".join(lines[-60:])))
