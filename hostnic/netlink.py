@@ -18,10 +18,9 @@ from typing import Any, Callable
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from hostnic import rtnl
+from hostnic import record, rtnl
 from hostnic.errors import HostError
 from hostnic.model import USER_ADDRESS_FLAGS, Address, NicState, Route
-from hostnic import record
 from hostnic.record import read_sysctls
 
 EEXIST = 17

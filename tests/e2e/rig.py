@@ -352,37 +352,32 @@ class Rig:
 
     # -- tear-down ---------------------------------------------------------
 
-    def _pids_in_our_netns(self) -> list[int]:
+    @staticmethod
+    def _pids_in(namespace: str, kind: str) -> list[int]:
+        """Processes in the namespace ``namespace`` (a path: /run/netns/X,
+        /proc/PID/ns/mnt) of ``kind`` (net, mnt)."""
         try:
-            ours = os.stat(f"/run/netns/{self.netns}").st_ino
+            ours = os.stat(namespace).st_ino
         except OSError:
             return []
         pids = []
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 try:
-                    if os.stat(f"/proc/{entry}/ns/net").st_ino == ours:
+                    if os.stat(f"/proc/{entry}/ns/{kind}").st_ino == ours:
                         pids.append(int(entry))
                 except OSError:
                     pass
         return pids
 
+    def _pids_in_our_netns(self) -> list[int]:
+        return self._pids_in(f"/run/netns/{self.netns}", "net")
+
     def _our_pids(self) -> list[int]:
         if self.holder is None:
             return []
-        try:
-            ours = os.readlink(f"/proc/{self.holder.pid}/ns/mnt")
-        except OSError:
-            return []
-        pids = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and int(entry) != self.holder.pid:
-                try:
-                    if os.readlink(f"/proc/{entry}/ns/mnt") == ours:
-                        pids.append(int(entry))
-                except OSError:
-                    pass
-        return pids
+        return [pid for pid in self._pids_in(f"/proc/{self.holder.pid}/ns/mnt", "mnt")
+                if pid != self.holder.pid]
 
     def close(self) -> None:
         if self.dockerd is not None and self.dockerd.poll() is None:
