@@ -10,10 +10,16 @@ drained inventory is the kernel's view: lookups need no confirming get. On
 ENOBUFS (the kernel dropped events) the inventory resyncs from dumps taken in
 a thread; while it resyncs, or recovers from a failed socket, it says it is
 not ready and callers ask the kernel instead.
+
+Listeners hear of events only once everything queued is applied: one that
+looks a link up must see the kernel's view, not the middle of a burst (a
+rename's "down" applied and its new name not yet, which looks like a lent
+NIC come home under its own name).
 """
 
 from __future__ import annotations
 
+import collections
 import errno
 import socket
 from typing import Any, Callable, Sequence
@@ -185,7 +191,9 @@ class LinkMonitor:
     synced: bool = False
     _sock: socket.socket | None = None
     _buffered: list[Event] | None = None  # events during a resync
+    _unheard: collections.deque[tuple[int, LinkInfo]] = attrs.field(factory=collections.deque)
     _draining: bool = False
+    _dispatching: bool = False
     _stopped: bool = False
     _backoff: float = 0.0
     _retry: Any = None
@@ -249,8 +257,8 @@ class LinkMonitor:
             for msg_type, value in buffered:
                 self._apply(msg_type, value)
             self.log.info("inventory resynced: {count} links", count=len(self.inventory))
-            for link in self.inventory.all():
-                self._notify(RTM_NEWLINK, link)
+            self._unheard.extend((RTM_NEWLINK, link) for link in self.inventory.all())
+            self.drain()
             self._wake()
 
         def failed(failure: Failure) -> None:
@@ -303,16 +311,30 @@ class LinkMonitor:
 
     def drain(self) -> None:
         """Apply every event the kernel has queued so far (call before a lookup
-        that must see changes made just before this request)."""
-        # A listener may look a link up (and so drain) while we are applying
-        # an older datagram: the outer loop goes on reading, in kernel order.
-        if self._sock is None or self._draining:
+        that must see changes made just before this request), then tell the
+        listeners."""
+        if self._draining:
+            return  # the drain under way reads on, then tells the listeners
+        if self._sock is not None:
+            self._draining = True
+            try:
+                self._drain(self._sock)
+            finally:
+                self._draining = False
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        # A listener may look a link up, and so drain: what that reads joins
+        # the queue, and this loop tells it in kernel order (not nested, so a
+        # burst of events cannot run past the recursion limit).
+        if self._dispatching:
             return
-        self._draining = True
+        self._dispatching = True
         try:
-            self._drain(self._sock)
+            while self._unheard:
+                self._notify(*self._unheard.popleft())
         finally:
-            self._draining = False
+            self._dispatching = False
 
     def _drain(self, sock: socket.socket) -> None:
         while self._sock is sock:
@@ -337,7 +359,7 @@ class LinkMonitor:
                     else:
                         self._apply(msg_type, value)
                         if msg_type in (RTM_NEWLINK, RTM_DELLINK):
-                            self._notify(msg_type, value)
+                            self._unheard.append((msg_type, value))
 
     def _notify(self, msg_type: int, link: LinkInfo) -> None:
         for listener in self.listeners:

@@ -22,11 +22,12 @@ def rtattr(kind: int, value: bytes) -> bytes:
     return raw + b"\0" * ((4 - len(raw) % 4) % 4)
 
 
-def link_message(msg_type: int, index: int, name: str, mac: bytes, kind: str | None = None) -> bytes:
+def link_message(msg_type: int, index: int, name: str, mac: bytes, kind: str | None = None,
+                 up: bool = True) -> bytes:
     attrs = rtattr(3, name.encode() + b"\0") + rtattr(1, mac) + rtattr(4, struct.pack("=I", 1500))
     if kind:
         attrs += rtattr(18, rtattr(1, kind.encode() + b"\0"))
-    body = struct.pack("=BxHiII", socket.AF_UNSPEC, 1, index, IFF_UP, 0) + attrs
+    body = struct.pack("=BxHiII", socket.AF_UNSPEC, 1, index, IFF_UP if up else 0, 0) + attrs
     return struct.pack("=IHHII", 16 + len(body), msg_type, 0, 0, 0) + body
 
 
@@ -174,6 +175,27 @@ class MonitorTests(SynchronousTestCase):
         self.assertTrue(self.monitor.ready)
         self.assertEqual([l.name for l in self.monitor.inventory.all()], ["kept", "new"])
         self.assertEqual(new.index, 5)
+
+    def test_listeners_hear_of_an_event_once_the_burst_is_applied(self) -> None:
+        # A lend renames a NIC in two steps (down, then the new name). A
+        # listener that hears "ens9 is down" and looks the link up must find
+        # its new name, as the kernel has it, not the half-done rename: a lent
+        # NIC seemingly home under its own name gets restored, and the
+        # container then finds no link to take.
+        mac = bytes.fromhex("020000000007")
+        self.dumps[0].callback(([LinkInfo(7, "ens9", "02:00:00:00:00:07", 1500, 0, None)], []))
+        heard: list[tuple[str, str]] = []
+
+        def listener(msg_type: int, link: LinkInfo) -> None:
+            self.monitor.drain()  # as NetlinkHost.locate does
+            now = self.monitor.inventory.by_index(7)
+            heard.append((link.name, now.name if now else "-"))
+
+        self.monitor.listeners.append(listener)
+        self.sockets[0].queue += [link_message(RTM_NEWLINK, 7, "ens9", mac, up=False),
+                                  link_message(RTM_NEWLINK, 7, "hntransit", mac, up=False)]
+        self.monitor.doRead()
+        self.assertEqual(heard, [("ens9", "hntransit"), ("hntransit", "hntransit")])
 
     def test_a_failed_socket_is_reopened_and_resynced(self) -> None:
         self.dumps[0].callback(([LinkInfo(4, "old", "02:00:00:00:00:04", 1500, 0, None)], []))

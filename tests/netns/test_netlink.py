@@ -237,19 +237,32 @@ class InventoryTests(NetnsTestCase):
         mac = self.veth("r0")
         monitor.drain()
         seen: list[str] = []
+        current: set[str] = set()
+        depth = [0, 0]  # now, deepest
 
         def listener(msg_type: int, link: object) -> None:
-            seen.append(getattr(link, "name"))
-            monitor.drain()  # as NetlinkHost.known_links does from a restore
+            depth[0] += 1
+            depth[1] = max(depth)
+            try:
+                seen.append(getattr(link, "name"))
+                monitor.drain()  # as NetlinkHost.locate does from a settle
+                current.add(monitor.inventory.by_mac(mac)[0].name)
+            finally:
+                depth[0] -= 1
 
         monitor.listeners.append(listener)
         # 1,500 queued events: draining from inside a listener without the
-        # guard nests once per event, past Python's recursion limit.
+        # guards nests once per event, past Python's recursion limit (and the
+        # RecursionError is caught as a failing listener's would be).
         renames = "".join(f"link set r{i} name r{i + 1}\n" for i in range(1500))
         import subprocess
         subprocess.run(["ip", "-n", self.ns, "-batch", "-"], input=renames.encode(), check=True)
         monitor.drain()
         self.assertEqual(seen, [f"r{i + 1}" for i in range(1500)])
+        # Each listener looked the link up as the kernel has it now, not as
+        # it was in the middle of the burst.
+        self.assertEqual(current, {"r1500"})
+        self.assertEqual(depth[1], 1)
         self.assertEqual(monitor.inventory.by_mac(mac)[0].name, "r1500")
         self.assertEqual(self.flushLoggedErrors(), [])
 
