@@ -7,12 +7,12 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import globalLogPublisher
 
 from hostnic.errors import HostnicError, PoolExhausted, StoreError
-from hostnic.model import Address, NicState, Phase
+from hostnic.model import Address, Phase
 from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join
 from tests.sched import Scheduler, gated
 from tests.fakes import run_now
 from tests.helpers import (EP, EP2, EP3, MAC1, MAC2, MAC3, NET, NET2, SANDBOX, CoreTestCase,
-                           endpoint_body, join_body, network_body)
+                           endpoint_body, network_body)
 
 
 class CreateNetworkTests(CoreTestCase):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet.address import UNIXAddress
 from twisted.internet.task import Clock

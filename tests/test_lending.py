@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred
 
 from hostnic.errors import HostError, NicUnavailable, StoreError, UnknownObject
 from hostnic.model import Address, NicRef, Phase
-from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join
+from hostnic.protocol import CreateNetwork, EndpointRef, Join
 from tests.fakes import FakeLink, FaultyFileSystem, run_now
 from tests.helpers import (EP, EP2, MAC1, MAC2, NET, NET2, SANDBOX, CoreTestCase, join_body,
                            network_body)

@@ -32,7 +32,6 @@ from hostnic.core import Core
 from hostnic.errors import HostError, HostnicError, StoreError
 from hostnic.model import Phase
 from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join
-from hostnic.store import StateStore
 from tests.fakes import FakeHost, FaultyFileSystem
 from tests.helpers import NET, NET2, CoreTestCase, endpoint_body, network_body
 from tests.sched import Scheduler, gated

@@ -5,7 +5,6 @@ read, and systemd's watchdog."""
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import socket
