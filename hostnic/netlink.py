@@ -133,8 +133,6 @@ def restore(index: int, original: NicState) -> list[str]:
     return problems
 
 
-
-
 def lifetimes(address: Address, recorded_at: float) -> dict[str, Any] | None:
     """The add options that keep a lease's remaining lifetimes; None if it ran out."""
     options: dict[str, Any] = {}
