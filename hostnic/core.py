@@ -395,10 +395,15 @@ class Core:
             try:
                 async with self.locks.hold("nic:" + claim.nic.key):
                     outcome = await self.lender.settle(claim.nic, thorough=True)
-            except HostnicError as e:
+            except Exception as e:
+                # One NIC that cannot be settled now must not keep hostnic from
+                # serving the others: it is retried. A bug is logged in full.
                 outcomes["failed"].append(claim.mac)
-                self.log.error("reconciling NIC {nic} failed: {error}",
-                               nic=claim.mac, error=e.message)
+                if isinstance(e, HostnicError):
+                    self.log.error("reconciling NIC {nic} failed: {error}",
+                                   nic=claim.mac, error=e.message)
+                else:
+                    self.log.failure("reconciling NIC {nic} failed unexpectedly", nic=claim.mac)
                 self._settle_later(claim.nic)
                 continue
             if outcome == "in-flight":
@@ -451,6 +456,9 @@ class Core:
                 outcome = await self.lender.settle(nic, thorough)
         except HostnicError as e:
             self.log.error("settling NIC {nic} failed: {error}", nic=nic.mac, error=e.message)
+            self._settle_later(nic)
+        except Exception:
+            self.log.failure("settling NIC {nic} failed unexpectedly", nic=nic.mac)
             self._settle_later(nic)
         else:
             if outcome == "in-flight":

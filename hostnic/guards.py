@@ -24,7 +24,7 @@ async def refusal(host: HostPort, nic: NicRef, link: LinkInfo, again: bool = Fal
     label = f"NIC {nic.mac} ({link.name})"
     if link.loopback:
         return f"{link.name} is the loopback interface"
-    master, uppers = host.uppers(link.index)
+    master, uppers = await host.uppers(link.index)
     if link.master is not None:
         what = f"{master.kind or 'device'} {master.name}" if master else f"interface {link.master}"
         return (f"{label} is a port of {what}; lending it would cut "

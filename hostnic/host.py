@@ -7,7 +7,8 @@ default-route check is one kernel-filtered dump in a thread. Changes run
 through pyroute2 in hostnic's one netlink thread.
 
 ``tests/fakes.py`` provides ``FakeHost`` with the same methods over an
-in-memory model of a namespace that behaves like the kernel.
+in-memory model of a namespace that behaves like the kernel;
+``tests/host_contract.py`` is what both must do alike, run over each.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from typing import Any, Callable, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.python.threadpool import ThreadPool
 
 from hostnic import record, rtnl
+from hostnic.errors import HostError, HostnicError
 from hostnic.linkwatch import LinkMonitor
 from hostnic.model import Address, Adopted, NicRef, NicState
 from hostnic.rtnl import RTM_NEWLINK, LinkInfo
@@ -44,6 +47,23 @@ def pci_address(name: str, sysfs: str = "/sys") -> str | None:
     return None
 
 
+def translated(what: str, f: Callable[..., Any], *args: Any) -> Any:
+    """Run ``f`` (in a thread); an error of the kernel's (an ``OSError`` from a
+    raw netlink socket or /proc, a ``NetlinkError`` from pyroute2) leaves as a
+    HostError that names what failed. This is the one place kernel errors are
+    translated: above it, the core meets only its own error types."""
+    try:
+        return f(*args)
+    except HostnicError:
+        raise
+    except OSError as e:
+        raise HostError(f"{what}: {e.strerror or e}") from None
+    except Exception as e:
+        if type(e).__module__.startswith("pyroute2."):
+            raise HostError(f"{what}: {e}") from None
+        raise
+
+
 def change(name: str, *args: Any) -> Any:
     """Run ``hostnic.netlink.<name>`` (imported on first use, in the netlink
     thread: pyroute2 is costly to load and most starts need none of it)."""
@@ -51,14 +71,26 @@ def change(name: str, *args: Any) -> Any:
     return getattr(netlink, name)(*args)
 
 
-def find_nic(nic: NicRef, transit_name: str | None) -> LinkInfo | None:
-    """The kernel's answer when the inventory is not current: by transit name,
-    then by a dump of every link (this happens only while it recovers)."""
+def find_links(nic: NicRef, transit_name: str | None) -> list[LinkInfo]:
+    """The kernel's answer when the inventory is not current: the link wearing
+    the transit name, then every link with the NIC's MAC or permanent
+    address, from a dump (this happens only while the inventory recovers)."""
+    found = {}
     if transit_name is not None:
         link = rtnl.get_link(name=transit_name)
         if link is not None:
-            return link
-    return next((link for link in rtnl.dump_links() if nic.matches(link.mac, link.perm)), None)
+            found[link.index] = link
+    for link in rtnl.dump_links():
+        if nic.matches(link.mac, link.perm):
+            found.setdefault(link.index, link)
+    return list(found.values())
+
+
+def uppers_of(links: list[LinkInfo], index: int) -> tuple[LinkInfo | None, list[LinkInfo]]:
+    by_index = {link.index: link for link in links}
+    link = by_index.get(index)
+    master = by_index.get(link.master) if link is not None and link.master else None
+    return master, [other for other in links if is_upper(other, index)]
 
 
 # Links that sit on a parent in the same namespace (a veth's peer points at
@@ -72,18 +104,27 @@ def is_upper(link: LinkInfo, index: int) -> bool:
 
 
 class HostPort(Protocol):
-    """What the core needs from the host namespace."""
+    """What the core needs from the host namespace. Every method raises
+    HostError (a sentence) when the kernel fails, never a bare OSError."""
 
+    async def start(self) -> None:
+        """Begin watching the host (the inventory is current once this returns)."""
+    def stop(self) -> None: ...
     def on_link_appeared(self, callback: Callable[[LinkInfo], None]) -> None: ...
     def known(self, nic: NicRef) -> list[LinkInfo]:
-        """The links that are ``nic`` now, from the inventory (no I/O)."""
-    async def locate(self, nic: NicRef, transit_name: str | None = None) -> LinkInfo | None:
-        """The host link that is ``nic`` now, or None if it is not home."""
+        """The links that are ``nic`` now, from the inventory (no I/O; while
+        the inventory resyncs this may be its last view)."""
+    async def locate(self, nic: NicRef, transit_name: str | None = None,
+                     lent_index: int | None = None) -> LinkInfo | None:
+        """The host link that is ``nic`` now, or None if it is not home. A link
+        found by ``transit_name`` must prove to be the NIC (``NicRef.is_link``:
+        its permanent address, its MAC, or ``lent_index``, its index when lent):
+        a name alone never is proof."""
     async def locate_name(self, name: str) -> LinkInfo | None: ...
     async def is_host_default(self, index: int) -> bool:
         """Whether the route the host itself leaves by (the main table's best
         default, IPv4 or IPv6) goes out of this link."""
-    def uppers(self, index: int) -> tuple[LinkInfo | None, list[LinkInfo]]:
+    async def uppers(self, index: int) -> tuple[LinkInfo | None, list[LinkInfo]]:
         """The bridge, bond or team this link is a port of, and the links
         that sit on it (VLANs, macvlans): lending it would cut them off."""
     async def read_state(self, index: int) -> NicState:
@@ -111,6 +152,26 @@ class NetlinkHost:
     # Where dockerd's namespace files (SandboxKeys) are seen from here, if
     # not at their own paths: a managed plugin sees the host's /run elsewhere.
     netns_dir: str | None = None
+    threads: ThreadPool | None = None  # run_change's pool: started and stopped with the host
+
+    async def start(self) -> None:
+        if self.threads is not None:
+            self.threads.start()
+        try:
+            await self.monitor.start()
+        except OSError as e:
+            raise HostError(f"cannot watch the host's links: {e.strerror or e}") from None
+
+    def stop(self) -> None:
+        self.monitor.stop()
+        if self.threads is not None:
+            self.threads.stop()
+
+    async def _ask(self, what: str, f: Callable[..., Any], *args: Any) -> Any:
+        return await self.run_in_thread(translated, what, f, *args)
+
+    async def _change(self, what: str, name: str, *args: Any) -> Any:
+        return await self.run_change(translated, what, change, name, *args)
 
     def on_link_appeared(self, callback: Callable[[LinkInfo], None]) -> None:
         def listener(msg_type: int, link: LinkInfo) -> None:
@@ -126,47 +187,58 @@ class NetlinkHost:
             found.update((link.index, link) for link in inventory.by_perm(nic.perm))
         return [found[i] for i in sorted(found)]
 
-    async def locate(self, nic: NicRef, transit_name: str | None = None) -> LinkInfo | None:
+    async def locate(self, nic: NicRef, transit_name: str | None = None,
+                     lent_index: int | None = None) -> LinkInfo | None:
         candidates = self.known(nic)  # drains
         if self.monitor.ready:
-            by_name = (self.monitor.inventory.by_name(transit_name)
-                       if transit_name is not None else None)
-            # A name hostnic gave is proof enough: the MAC may have changed.
-            return by_name or (candidates[0] if candidates else None)
-        found: LinkInfo | None = await self.run_in_thread(find_nic, nic, transit_name)
-        return found
+            named = (self.monitor.inventory.by_name(transit_name)
+                     if transit_name is not None else None)
+            links = ([named] if named is not None else []) + candidates
+        else:
+            links = await self._ask(f"looking for NIC {nic.mac} in the kernel", find_links,
+                                    nic, transit_name)
+        return next((link for link in links
+                     if nic.is_link(link.mac, link.perm, link.index, lent_index)), None)
 
     async def locate_name(self, name: str) -> LinkInfo | None:
         self.monitor.drain()
         if self.monitor.ready:
             return self.monitor.inventory.by_name(name)
-        found: LinkInfo | None = await self.run_in_thread(rtnl.get_link, None, name)
+        found: LinkInfo | None = await self._ask(f"looking for interface {name} in the kernel",
+                                                 rtnl.get_link, None, name)
         return found
 
     async def is_host_default(self, index: int) -> bool:
         return index in await self.host_default_links()
 
-    def uppers(self, index: int) -> tuple[LinkInfo | None, list[LinkInfo]]:
+    async def uppers(self, index: int) -> tuple[LinkInfo | None, list[LinkInfo]]:
         self.monitor.drain()
-        inventory = self.monitor.inventory
-        link = inventory.by_index(index)
-        master = inventory.by_index(link.master) if link and link.master else None
-        return master, [other for other in inventory.built_on(index) if is_upper(other, index)]
+        if self.monitor.ready:
+            inventory = self.monitor.inventory
+            link = inventory.by_index(index)
+            master = inventory.by_index(link.master) if link and link.master else None
+            return master, [other for other in inventory.built_on(index)
+                            if is_upper(other, index)]
+        links = await self._ask("listing the host's links", rtnl.dump_links)
+        return uppers_of(links, index)
 
     async def read_state(self, index: int) -> NicState:
-        state: NicState = await self.run_in_thread(record.read, index)
+        state: NicState = await self._ask(f"recording interface {index}", record.read, index)
         return state
 
     async def adopt(self, index: int) -> Adopted:
-        adopted: Adopted = await self.run_in_thread(record.adopt, index)
+        adopted: Adopted = await self._ask(f"reading the configuration of interface {index}",
+                                           record.adopt, index)
         return adopted
 
     async def rename(self, index: int, name: str) -> None:
         link = self.monitor.inventory.by_index(index) if self.monitor.ready else None
-        await self.run_change(change, "rename", index, name, link is None or link.up)
+        await self._change(f"renaming interface {index} to {name}", "rename", index, name,
+                           link is None or link.up)
 
     async def restore(self, index: int, original: NicState) -> tuple[str, ...]:
-        problems: list[str] = await self.run_change(change, "restore", index, original)
+        problems: list[str] = await self._change(
+            f"restoring interface {index} as {original.name}", "restore", index, original)
         return tuple(problems)
 
     async def namespace_exists(self, path: str) -> bool:
@@ -191,5 +263,6 @@ class NetlinkHost:
         return found
 
     async def host_default_links(self) -> set[int]:
-        found: set[int] = await self.run_in_thread(rtnl.host_default_links)
+        found: set[int] = await self._ask("reading the host's default routes",
+                                          rtnl.host_default_links)
         return found

@@ -26,6 +26,7 @@ from hostnic.guards import refusal
 from hostnic.host import HostPort
 from hostnic.ledger import Ledger
 from hostnic.model import Claim, NicRef, NicState, Phase
+from hostnic.rtnl import LinkInfo
 from hostnic.text import short
 
 # dockerd makes a container's namespace file (the SandboxKey) only when it
@@ -68,6 +69,11 @@ class Lender:
     def _claim(self, endpoint_id: str) -> Claim | None:
         return self.ledger.state.claims.get(endpoint_id)
 
+    async def _find(self, claim: Claim) -> LinkInfo | None:
+        """The link that is the claim's NIC, wherever it is in the host
+        namespace: under its transit name or any other, proven by identity."""
+        return await self.host.locate(claim.nic, claim.transit_name, claim.lent_index)
+
     def _current(self, endpoint_id: str) -> Claim:
         claim = self._claim(endpoint_id)
         if claim is None:
@@ -86,13 +92,23 @@ class Lender:
             raise NicUnavailable(
                 f"endpoint {short(endpoint_id)} has already left ({claim.phase.value}); "
                 f"dockerd must create a new endpoint")
-        link = await self.host.locate(claim.nic, claim.transit_name)
+        link = await self._find(claim)
         claim = self._current(endpoint_id)
         if link is None:
             raise NicUnavailable(
                 f"NIC {claim.mac} of endpoint {short(endpoint_id)} is not in the host "
                 f"network namespace; it cannot be handed to the container")
         if link.name != claim.transit_name:
+            # dockerd moves whatever link wears the name Join answers: that
+            # must be the NIC, so a name another link took is a refusal,
+            # before the NIC is touched.
+            squatter = await self.host.locate_name(claim.transit_name)
+            if squatter is not None and squatter.index != link.index:
+                raise NicUnavailable(
+                    f"interface {claim.transit_name} (index {squatter.index}, MAC "
+                    f"{squatter.mac or 'none'}) is not NIC {claim.mac} but wears the name "
+                    f"hostnic lends that NIC under for endpoint {short(endpoint_id)}; "
+                    f"rename or delete that interface, then start the container again")
             try:
                 await self.host.rename(link.index, claim.transit_name)
             except HostnicError:
@@ -195,7 +211,7 @@ class Lender:
     async def restore_and_release(self, claim: Claim) -> bool:
         """Restore the NIC as recorded and drop the claim; False if it is not home."""
         assert claim.original is not None
-        link = await self.host.locate(claim.nic, claim.transit_name)
+        link = await self._find(claim)
         if link is None:
             return False
         problems = await self.host.restore(link.index, claim.original)
@@ -236,7 +252,7 @@ class Lender:
             return "released" if await self.restore_and_release(claim) else "away"
         if claim.phase is not Phase.JOINED:
             return None
-        link = await self.host.locate(claim.nic, claim.transit_name)
+        link = await self._find(claim)
         if link is None:
             return "away"
         if thorough and claim.sandbox_key \
@@ -263,7 +279,7 @@ class Lender:
         claim = self.ledger.state.claim_of(nic)
         if claim is None:
             raise UnknownObject(f"NIC {nic.mac} is not claimed by any hostnic endpoint")
-        link = await self.host.locate(claim.nic, claim.transit_name)
+        link = await self._find(claim)
         if link is None:
             if claim.sandbox_key and await self.host.namespace_exists(claim.sandbox_key):
                 raise NicUnavailable(

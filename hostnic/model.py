@@ -62,8 +62,22 @@ class NicRef:
         return self.mac == other.mac or (self.perm is not None and self.perm == other.perm)
 
     def matches(self, mac: str | None, perm: str | None) -> bool:
+        """Whether a link with these addresses may be this NIC (to look it up)."""
         return (mac is not None and mac == self.mac) or (
             self.perm is not None and perm == self.perm)
+
+    def is_link(self, mac: str | None, perm: str | None, index: int,
+                lent_index: int | None = None) -> bool:
+        """Whether a link is this NIC, proven before hostnic names it to dockerd
+        or changes it: the permanent address where both are known (a MAC can
+        be copied, that one not), else the MAC, else (a container changed the
+        MAC) the interface index the NIC had when it was lent (a namespace
+        move keeps it unless the namespace it enters holds that index; a
+        physical NIC has a permanent address and never needs it). A name
+        proves nothing: any link may wear one."""
+        if self.perm is not None and perm is not None:
+            return perm == self.perm
+        return mac == self.mac or (lent_index is not None and index == lent_index)
 
     @property
     def key(self) -> str:
@@ -195,6 +209,7 @@ class NicState:
     txqlen: int | None = None
     group: int | None = None
     recorded_at: float = 0.0  # wall clock, to age lease lifetimes
+    index: int | None = None  # its interface index (see NicRef.is_link)
 
     def shown_by(self, name: str, mac: str | None, mtu: int, up: bool) -> bool:
         """Whether a link looks restored to this state (what a link event shows;
@@ -267,6 +282,11 @@ class Claim:
     @property
     def transit_name(self) -> str:
         return transit_name(self.endpoint_id)
+
+    @property
+    def lent_index(self) -> int | None:
+        """The NIC's interface index when it was recorded for the lend."""
+        return self.original.index if self.original is not None else None
 
 
 @attrs.frozen

@@ -268,7 +268,8 @@ class _Reader:
             alias=self.text(obj, "alias", at, optional=True), altnames=tuple(altnames),
             txqlen=self.number(obj, "txqlen", at, optional=True),
             group=self.number(obj, "group", at, optional=True),
-            recorded_at=self.field(obj, "recorded_at", (int, float), at, optional=True) or 0.0)
+            recorded_at=self.field(obj, "recorded_at", (int, float), at, optional=True) or 0.0,
+            index=self.number(obj, "index", at, optional=True))
 
     def adopted(self, value: Any, at: str) -> Adopted | None:
         if value is None:

@@ -39,6 +39,7 @@ STATE_FILE = "state.json"
 TEMP_PREFIX = STATE_FILE + ".tmp."
 JOURNAL_PREFIX = "journal."
 FRAME = struct.Struct(">II")  # payload length, CRC-32 of the payload
+COMPACT_EVERY = 1000  # journal records between snapshots
 
 
 class FileSystem(Protocol):
@@ -141,8 +142,9 @@ class StateStore:
     directory: str
     run_in_thread: RunInThread
     fs: Any = attrs.field(default=os)  # a FileSystem
-    compact_every: int = 1000
+    compact_every: int = COMPACT_EVERY
     writes: int = attrs.field(default=0, init=False)
+    _loaded: bool = attrs.field(default=False, init=False)
     _durable: State = attrs.field(factory=State, init=False)  # what the disk holds
     _generation: int = attrs.field(default=0, init=False)
     _journal: int | None = attrs.field(default=None, init=False)  # its descriptor
@@ -180,6 +182,7 @@ class StateStore:
             if name.startswith(JOURNAL_PREFIX) and name != JOURNAL_PREFIX + str(generation):
                 os.unlink(os.path.join(self.directory, name))
         self._durable, self._generation, self._records = state, generation, records
+        self._loaded = True
         if torn:
             self.log.warn("the journal's last record was cut short by a crash before it "
                           "was acknowledged; it is ignored")
@@ -229,7 +232,12 @@ class StateStore:
         On failure every waiter of that write has its ``on_failure`` run
         before the next write takes its snapshot, so an undone change is never
         written, and each gets a StoreError.
+
+        Only the store that loaded the directory saves to it: what it writes
+        is the difference from what it read, in the journal it read.
         """
+        if not self._loaded:
+            raise RuntimeError(f"the store of {self.directory} saves before it has loaded")
         waiter = _Waiter(Deferred(), on_failure)
         self._pending.append(waiter)
         self._snapshot = snapshot

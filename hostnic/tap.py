@@ -7,9 +7,7 @@ import gc
 import os
 import resource
 import sys
-from functools import partial
-import time
-from typing import Any
+from typing import Any, Mapping
 
 import attrs
 from twisted.application import service
@@ -19,34 +17,24 @@ from twisted.internet.address import UNIXAddress
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThread, deferToThreadPool
-from twisted.python.threadpool import ThreadPool
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
 from hostnic.activation import server_endpoint
-from hostnic.admin import AdminAPI, ServiceInfo, read_token
-from hostnic.core import Core
-from hostnic.driver import DriverAPI
+from hostnic.admin import read_token
+from hostnic.compose import Daemon, Settings, build, kernel_ports
 from hostnic.errors import HostnicError
-from hostnic.host import NetlinkHost
 from hostnic.hostlock import claim_host, describe_self
 from hostnic.journald import text_observer
-from hostnic.linkwatch import LinkMonitor
-from hostnic.model import State
 from hostnic import record, unixsock
 from hostnic.sdnotify import notify, watchdog_interval
-from hostnic.store import StateStore
-from hostnic.web import GuardedSite, Limits, driver_refusal, jsonrpc_refusal
 
 DEFAULT_SOCKET = "unix:/run/docker/plugins/hostnic.sock:mode=660:lockfile=1"
 DEFAULT_STATE_DIR = "/var/lib/hostnic"
 DEFAULT_ADMIN = "unix:/run/hostnic/admin.sock:mode=600:lockfile=1"
 NETWORK_ENDPOINTS = ("tcp:", "tcp6:", "ssl:", "tls:")
-DRIVER_CONNECTIONS = 512  # dockerd opens one per call; hundreds of parallel starts fit
-ADMIN_CONNECTIONS = 64
 
 
 def is_network_endpoint(description: str) -> bool:
@@ -111,50 +99,27 @@ class Options(usage.Options):
 
 @attrs.define(eq=False)
 class HostnicService(service.Service):
+    """Serves one daemon (see ``hostnic.compose``) on the driver and admin
+    endpoints, and tells systemd how it goes."""
+
     reactor: Any
-    socket: str
-    state_dir: str
-    admin: str = DEFAULT_ADMIN
-    admin_token: bytes | None = None
-    state: State = attrs.field(factory=State)
-    client_timeout: float = 30.0
-    netns_dir: str | None = None
-    core: Core | None = None
-    monitor: LinkMonitor | None = None
+    daemon: Daemon
     ports: list[IListeningPort] = attrs.field(factory=list)
     watchdog: LoopingCall | None = None
-    netlink_thread: ThreadPool | None = None
     log = Logger()
+
+    @property
+    def endpoints(self) -> Mapping[str, str]:
+        return self.daemon.settings.endpoints
 
     def startService(self) -> None:
         service.Service.startService(self)
-        store = StateStore(self.state_dir, deferToThread)
-        state = self.state
-        self.monitor = LinkMonitor(self.reactor, deferToThread)
-        # One thread owns pyroute2's socket and makes every change, in order.
-        self.netlink_thread = ThreadPool(minthreads=1, maxthreads=1, name="hostnic-netlink")
-        self.netlink_thread.start()
-        host = NetlinkHost(self.monitor, deferToThread,
-                           partial(deferToThreadPool, self.reactor, self.netlink_thread),
-                           netns_dir=self.netns_dir)
-        self.core = Core(host=host, store=store, state=state, reactor=self.reactor)
-        driver = DriverAPI(self.core, self.core.journal)
-        admin = AdminAPI(self.core, ServiceInfo(
-            pid=os.getpid(), started_at=time.time(), state_dir=self.state_dir,
-            endpoints={"driver": self.socket, "admin": self.admin}), token=self.admin_token)
         self._feed_watchdog()
         # Listen at once: dockerd must never find the socket missing. Requests
         # that touch state wait inside the core for the reconciliation.
         listens = []
-        driver_site = GuardedSite(driver.app.resource(), driver_refusal,
-                                  Limits(max_connections=DRIVER_CONNECTIONS,
-                                         request_seconds=self.client_timeout))
-        admin_site = GuardedSite(admin.app.resource(), jsonrpc_refusal,
-                                 Limits(max_connections=ADMIN_CONNECTIONS,
-                                        request_seconds=self.client_timeout),
-                                 authorize=admin.authorized if self.admin_token else None)
-        for name, description, site in (("driver", self.socket, driver_site),
-                                        ("admin", self.admin, admin_site)):
+        for name, site in self.daemon.sites().items():
+            description = self.endpoints[name]
             unixsock.prepare(description)
             listening = server_endpoint(self.reactor, description).listen(site)
             listening.addCallback(self._listening, name)
@@ -164,23 +129,23 @@ class HostnicService(service.Service):
         DeferredList(listens, fireOnOneErrback=True, consumeErrors=True).addCallbacks(
             lambda _: notify("READY=1\nSTATUS=serving"),
             lambda failure: self._fatal(failure.value.subFailure))
-        Deferred.fromCoroutine(self._reconcile(self.monitor, self.core)).addErrback(self._fatal)
+        Deferred.fromCoroutine(self._start()).addErrback(self._fatal)
+        state = self.daemon.core.state
         self.log.info("hostnic starting: driver on {socket}, state in {state_dir}, "
                       "{networks} networks and {claims} claims recorded",
-                      socket=self.socket, state_dir=self.state_dir,
+                      socket=self.endpoints["driver"], state_dir=self.daemon.settings.state_dir,
                       networks=len(state.networks), claims=len(state.claims))
 
-    async def _reconcile(self, monitor: LinkMonitor, core: Core) -> None:
-        await monitor.start()
-        await core.start()
+    async def _start(self) -> None:
+        await self.daemon.start()
         settle_garbage_collector()
-
 
     def _listening(self, port: IListeningPort, name: str) -> None:
         self.ports.append(port)
         address = port.getHost()
         self.log.info("{api} API listening on {address}", api=name, address=address)
-        if name == "admin" and self.admin_token is None and not isinstance(address, UNIXAddress):
+        if name == "admin" and self.daemon.settings.admin_token is None \
+                and not isinstance(address, UNIXAddress):
             # Whatever the endpoint string said (systemd may hand over a TCP socket).
             raise HostnicError(f"the admin API listens on the network ({address}) without "
                                f"--admin-token-file: anyone who can connect could read "
@@ -213,13 +178,8 @@ class HostnicService(service.Service):
         notify("STOPPING=1")
         if self.watchdog is not None and self.watchdog.running:
             self.watchdog.stop()
-        if self.core is not None:
-            self.core.retries.stop()
-        if self.monitor is not None:
-            self.monitor.stop()
-        if self.netlink_thread is not None:
-            self.netlink_thread.stop()
-        return DeferredList([maybeDeferred(port.stopListening) for port in self.ports])
+        stopped = DeferredList([maybeDeferred(port.stopListening) for port in self.ports])
+        return stopped.addCallback(lambda _: self.daemon.stop())
 
 
 def settle_garbage_collector() -> None:
@@ -268,19 +228,20 @@ class HostnicServices(service.MultiService):
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
     record.SYSCTL_ROOT = options["sysctl-dir"]
+    settings = Settings(state_dir=options["state-dir"],
+                        endpoints={"driver": options["socket"], "admin": options["admin"]},
+                        admin_token=options["admin-token"],
+                        client_timeout=options["client-timeout"])
     try:
         # First the host, then its state: a second hostnic must not even read it.
         claim_host(reactor, describe_self(options["socket"], options["state-dir"]))
         # Read before serving: a damaged state file stops the start with one
         # sentence, never a traceback, and the file is left as it is.
-        state = StateStore(options["state-dir"], deferToThread).load()
+        daemon = build(settings, kernel_ports(reactor, options["netns-dir"]))
     except HostnicError as e:
         raise SystemExit(f"hostnic cannot start: {e.message}") from None
     raise_descriptor_limit()
     bound_memory(reactor)
     top = HostnicServices()
-    HostnicService(reactor, options["socket"], options["state-dir"], options["admin"],
-                   options["admin-token"], state=state,
-                   client_timeout=options["client-timeout"],
-                   netns_dir=options["netns-dir"]).setServiceParent(top)
+    HostnicService(reactor, daemon).setServiceParent(top)
     return top

@@ -9,6 +9,14 @@ kernel returns a physical NIC under its in-container name (or ``dev<N>``);
 every change of a host link is a link event. Every call can be made to wait
 (``pause``) so tests choose the interleaving, and can be made to fail.
 
+While its inventory is not ready (``inventory_ready = False``, as the real
+host's is before its first dump and while it resyncs after lost events),
+``known`` and ``all_links`` answer from the last view it had, and lookups
+ask the "kernel" (the links as they are now), as the real host does.
+
+``tests/host_contract.py`` holds what both hosts must do alike; it runs over
+this fake in the unit tests and over the real netlink host in netns tests.
+
 ``FaultyFileSystem`` is ``os`` for the store, with short writes, a full disk
 and crashes between any two steps.
 """
@@ -24,6 +32,7 @@ import attrs
 from twisted.internet.defer import Deferred, maybeDeferred
 
 from hostnic.errors import HostError
+from hostnic.host import HostPort, uppers_of
 from hostnic.rtnl import IFF_LOOPBACK, IFF_UP, LinkInfo
 from hostnic.model import Address, Adopted, NicRef, NicState, Route
 from hostnic.record import adoption
@@ -34,6 +43,20 @@ V4, V6 = socket.AF_INET, socket.AF_INET6
 def run_now(f: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
     """A synchronous stand-in for deferToThread."""
     return maybeDeferred(f, *args, **kwargs)
+
+
+DEFAULT_SYSCTLS = {"ipv4/rp_filter": "0", "ipv6/accept_ra": "1", "ipv4/arp_ignore": "0"}
+
+
+@attrs.define
+class Threads:
+    """The store's thread port: the work runs at once, unless a test puts
+    another runner in (``gated``, a full-disk stand-in)."""
+
+    run: Callable[..., "Deferred[Any]"] = run_now
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+        return self.run(f, *args)
 
 
 @attrs.define
@@ -66,16 +89,13 @@ class FakeLink:
     def state(self) -> NicState:
         return NicState(self.name, self.mac, self.mtu, self.up, tuple(self.addresses),
                         tuple(self.routes), tuple(sorted(self.sysctls.items())), self.alias,
-                        self.altnames, self.txqlen, self.group)
+                        self.altnames, self.txqlen, self.group, index=self.index)
 
     def leaves_namespace(self) -> None:
         """What a namespace move does: addresses and routes flushed, the
         per-device sysctls the new namespace's defaults, the link down."""
         self.up, self.addresses, self.routes = False, [], []
         self.sysctls = dict(DEFAULT_SYSCTLS)
-
-
-DEFAULT_SYSCTLS = {"ipv4/rp_filter": "0", "ipv6/accept_ra": "1", "ipv4/arp_ignore": "0"}
 
 
 Pause = Callable[[str, Any], "Deferred[None] | None"]
@@ -90,7 +110,7 @@ class FakeHost:
     gate: "Deferred[None] | None" = None  # when set, every host call waits on it
     pause: Pause | None = None  # called at each step; a Deferred returned is waited for
     before_change: Callable[[FakeLink, str], None] | None = None  # invariant checks
-    fail: dict[str, Exception] = attrs.field(factory=dict)  # step -> error, once
+    fail: dict[str, HostError] = attrs.field(factory=dict)  # step -> the error, once
     live_namespaces: set[str] = attrs.field(factory=set)
     pci: dict[str, str] = attrs.field(factory=dict)
     read_only_sysctls: set[str] = attrs.field(factory=set)
@@ -98,14 +118,24 @@ class FakeHost:
     calls: list[tuple[str, Any]] = attrs.field(factory=list)
     _callbacks: list[Callable[[LinkInfo], None]] = attrs.field(factory=list)
     _next_index: int = 2
+    _view: list[LinkInfo] | None = None  # the inventory's last view, while not ready
 
     # -- test-side controls ----------------------------------------------
 
     def add(self, name: str, mac: str, **kwargs: Any) -> FakeLink:
+        """A link appears in the host namespace (a link event, as in the kernel)."""
         link = FakeLink(self._next_index, name, mac, **kwargs)
         self._next_index += 1
         self.links[link.index] = link
+        self._event(link)
         return link
+
+    def rename_outside(self, link: FakeLink, name: str) -> None:
+        """Another tool renames a host link (as the kernel would, or refuses)."""
+        if self._host_name_taken(name, link.index):
+            raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+        link.name = name
+        self._event(link)
 
     def by_mac(self, mac: str) -> FakeLink:
         return next(link for link in self.links.values() if link.mac == mac)
@@ -154,6 +184,21 @@ class FakeHost:
         """The process that listened for link events is gone."""
         self._callbacks.clear()
 
+    @property
+    def inventory_ready(self) -> bool:
+        return self._view is None
+
+    @inventory_ready.setter
+    def inventory_ready(self, ready: bool) -> None:
+        """Not ready: the inventory keeps the view it had (events were lost)."""
+        self._view = None if ready else self._links_now()
+
+    def _links_now(self) -> list[LinkInfo]:
+        return [l.info() for l in sorted(self.home(), key=lambda l: l.index)]
+
+    def _inventory(self) -> list[LinkInfo]:
+        return self._links_now() if self._view is None else list(self._view)
+
     def _event(self, link: FakeLink) -> None:
         if link.where == "host":
             for callback in list(self._callbacks):
@@ -183,17 +228,26 @@ class FakeHost:
 
     # -- HostPort ---------------------------------------------------------
 
+    async def start(self) -> None:
+        self.inventory_ready = True  # the first dump
+
+    def stop(self) -> None:
+        self.detach()
+
     def on_link_appeared(self, callback: Callable[[LinkInfo], None]) -> None:
         self._callbacks.append(callback)
 
     def known(self, nic: NicRef) -> list[LinkInfo]:
-        return [l.info() for l in self.home() if nic.matches(l.mac, l.perm)]
+        return [l for l in self._inventory() if nic.matches(l.mac, l.perm)]
 
-    async def locate(self, nic: NicRef, transit_name: str | None = None) -> LinkInfo | None:
+    async def locate(self, nic: NicRef, transit_name: str | None = None,
+                     lent_index: int | None = None) -> LinkInfo | None:
         await self._step("locate", nic.mac)
-        found = [l for l in self.home() if l.name == transit_name] if transit_name else []
-        found = found or [l for l in self.home() if nic.matches(l.mac, l.perm)]
-        answer = found[0].info() if found else None
+        links = sorted(self.home(), key=lambda l: (l.name != transit_name, l.index))
+        found = [l for l in links if (transit_name is not None and l.name == transit_name)
+                 or nic.matches(l.mac, l.perm)]
+        answer = next((l.info() for l in found
+                       if nic.is_link(l.mac, l.perm, l.index, lent_index)), None)
         await self._step("locate.answered", nic.mac)  # the answer may be stale by now
         return answer
 
@@ -205,11 +259,10 @@ class FakeHost:
         await self._step("is_host_default", index)
         return index in self.default_route_indexes
 
-    def uppers(self, index: int) -> tuple[LinkInfo | None, list[LinkInfo]]:
-        link = self.links.get(index)
-        master = self.links.get(link.master) if link and link.master else None
-        return (master.info() if master else None,
-                [l.info() for l in self.home() if l.link == index and l.index != index])
+    async def uppers(self, index: int) -> tuple[LinkInfo | None, list[LinkInfo]]:
+        if not self.inventory_ready:
+            await self._step("uppers", index)  # the real host asks the kernel, in a thread
+        return uppers_of(self._links_now(), index)  # the real host's rule
 
     async def adopt(self, index: int) -> Adopted:
         await self._step("adopt", index)
@@ -268,8 +321,8 @@ class FakeHost:
         present = {a.key for a in link.addresses}
         elapsed = int(self.now() - original.recorded_at) if original.recorded_at else 0
         for address in original.addresses:
-            if address.key in present:
-                continue
+            if address.key in present or address.privacy:
+                continue  # privacy addresses are the kernel's to make again
             if address.valid is not None and address.valid - elapsed <= 0:
                 problems.append(f"address {address}: its lease ran out while the NIC was lent")
                 continue
@@ -284,7 +337,7 @@ class FakeHost:
         return tuple(problems)
 
     def all_links(self) -> list[LinkInfo]:
-        return [l.info() for l in sorted(self.home(), key=lambda l: l.index)]
+        return self._inventory()
 
     async def addresses(self) -> dict[int, list[Address]]:
         await self._step("addresses", None)
@@ -296,6 +349,10 @@ class FakeHost:
     async def namespace_exists(self, path: str) -> bool:
         await self._step("namespace_exists", path)
         return path in self.live_namespaces
+
+
+def _implements_the_port(host: FakeHost) -> HostPort:
+    return host  # mypy checks that FakeHost offers every method HostPort names
 
 
 class Crash(BaseException):

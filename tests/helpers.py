@@ -10,12 +10,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from hostnic.compose import Daemon, Ports, Settings, build
 from hostnic.core import Core, EndpointCreated, Lent
 from hostnic.model import State
 from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join
 from hostnic.statefile import encode
-from hostnic.store import StateStore
-from tests.fakes import FakeHost, FakeLink, run_now
+from hostnic.store import COMPACT_EVERY, StateStore
+from tests.fakes import FakeHost, FakeLink, FaultyFileSystem, Threads, run_now
 
 T = TypeVar("T")
 NET = "n" * 63 + "1"
@@ -48,22 +49,50 @@ def join_body(endpoint_id: str = EP, network_id: str = NET,
 
 
 class CoreTestCase(SynchronousTestCase):
+    """hostnic as ``twistd hostnic`` builds it (``hostnic.compose``), over
+    fakes at its ports: the host (``FakeHost``), the reactor's clock, the
+    store's thread (``Threads``: at once unless a test gates it) and the disk
+    (``FaultyFileSystem``: healthy unless a test fills it)."""
+
+    compact_every = COMPACT_EVERY
+    endpoints: dict[str, str] = {"driver": "unix:/d", "admin": "unix:/a"}
+    admin_token: bytes | None = None
+
     def setUp(self) -> None:
         self.host = FakeHost()
         self.host.live_namespaces.add(SANDBOX)
         self.now = 1000.0  # the core's wall clock; a test may move it
         self.reactor = Clock()
+        self.threads = Threads()
+        self.disk = FaultyFileSystem()
         self.state_dir = self.mktemp()
+        self.daemon: Daemon | None = None
         self.core = self.new_core()
 
+    def build(self) -> Daemon:
+        """A daemon from the state directory, as twistd builds one (not started)."""
+        return build(Settings(self.state_dir, self.endpoints, self.admin_token,
+                              compact_every=self.compact_every),
+                     Ports(reactor=self.reactor, host=self.host, run_in_thread=self.threads,
+                           clock=lambda: self.now, fs=self.disk))
+
+    def crash(self) -> None:
+        """The process dies: its timers, its link listener and its open files
+        go with it; the disk and the kernel's links remain."""
+        if self.daemon is not None:
+            self.daemon.core.retries.stop()
+            self.daemon.store.close()
+            self.daemon = None
+        self.host.detach()
+
     def new_core(self) -> Core:
-        """A core as after a restart: its own store reads the disk; the same host."""
-        self.store = StateStore(self.state_dir, run_now)
-        self.host.detach()  # the previous process is gone
-        core = Core(host=self.host, store=self.store, state=self.store.load(),
-                    clock=lambda: self.now, reactor=self.reactor)
-        self.call(core.start())
-        return core
+        """hostnic as after a crash and a restart: everything in memory is
+        dropped, and a new daemon is built and started from the directory."""
+        self.crash()
+        self.daemon = self.build()
+        self.store = self.daemon.store
+        self.call(self.daemon.start())
+        return self.daemon.core
 
     def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
         result: T = self.successResultOf(Deferred.fromCoroutine(coroutine))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet.defer import fail
 
-from hostnic.admin import AdminAPI, ServiceInfo
 from hostnic.model import Address
 from tests.helpers import EP, EP2, MAC1, MAC2, MAC3, NET, CoreTestCase
 
@@ -17,7 +17,6 @@ SANDBOX = "/var/run/docker/netns/abc"
 
 
 class AdminTestCase(CoreTestCase):
-    token: bytes | None = None
 
     def setUp(self) -> None:
         super().setUp()
@@ -33,10 +32,9 @@ class AdminTestCase(CoreTestCase):
         self.create_endpoint(EP)
         src = self.join(EP).src_name
         self.host.dockerd_moves_in(src, SANDBOX, "192.168.7.10")
-        self.clock = [5000.0]
-        self.admin = AdminAPI(self.core, ServiceInfo(pid=42, started_at=4000.0, state_dir="/s",
-                              endpoints={"driver": "unix:/d", "admin": "unix:/a"}),
-                              token=self.token, clock=lambda: self.clock[0])
+        self.now += 1000.0  # since this daemon started
+        assert self.daemon is not None
+        self.admin = self.daemon.admin
         self.treq = StubTreq(self.admin.app.resource())
 
     def http(self, verb: str, path: str, raw: bytes = b"",
@@ -69,8 +67,9 @@ class MethodTests(AdminTestCase):
         status = self.result("status")
         self.assertEqual({k: status[k] for k in ("pid", "uptime", "networks", "endpoints_count",
                                                  "nics_claimed", "nics_free", "state_dir")},
-                         {"pid": 42, "uptime": 1000.0, "networks": 1, "endpoints_count": 1,
-                          "nics_claimed": 1, "nics_free": 1, "state_dir": "/s"})
+                         {"pid": os.getpid(), "uptime": 1000.0, "networks": 1,
+                          "endpoints_count": 1, "nics_claimed": 1, "nics_free": 1,
+                          "state_dir": self.state_dir})
         self.assertEqual(status["endpoints"], {"driver": "unix:/d", "admin": "unix:/a"})
         self.assertEqual(status["last_reconciliation"]["claims"], 0)
 
@@ -246,7 +245,7 @@ class ProtocolTests(AdminTestCase):
 
 
 class TokenTests(AdminTestCase):
-    token = b"s3cret"
+    admin_token = b"s3cret"
 
     def test_requests_without_the_token_get_401_and_no_data(self) -> None:
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "status"}).encode()
@@ -257,4 +256,4 @@ class TokenTests(AdminTestCase):
         self.assertEqual(self.http("GET", "metrics")[0], 401)
         for scheme in ("Bearer", "bearer", "BEARER"):  # RFC 7235: case-insensitive
             code, answer = self.http("POST", "rpc", body, {"Authorization": f"{scheme} s3cret"})
-            self.assertEqual((code, json.loads(answer)["result"]["pid"]), (200, 42))
+            self.assertEqual((code, json.loads(answer)["result"]["pid"]), (200, os.getpid()))

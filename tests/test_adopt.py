@@ -189,8 +189,8 @@ class GiveBackEverythingTests(CoreTestCase):
         self.assertIn("10.20.0.9/24", problems[1])
         self.assertIn("lease ran out", problems[1])
         # Named where an operator looks, not only in the log.
-        from hostnic.admin import AdminAPI, ServiceInfo
-        admin = AdminAPI(self.core, ServiceInfo(1, 0.0, {}, "/s"))
+        assert self.daemon is not None
+        admin = self.daemon.admin
         self.assertEqual(self.call(admin.nics_get("ens5"))["last_restore"]["problems"], problems)
         self.flushLoggedErrors()
 

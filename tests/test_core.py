@@ -147,7 +147,7 @@ class EndpointTests(CoreTestCase):
         for seed in range(40):
             scheduler = Scheduler()
             self.host.pause = scheduler.point
-            self.store.run_in_thread = gated(scheduler)
+            self.threads.run = gated(scheduler)
             results = [Deferred.fromCoroutine(self.core.create_endpoint(
                 CreateEndpoint.parse(endpoint_body(e)))) for e in (EP2, EP3)]
             scheduler.run_randomly(seed)
@@ -160,7 +160,7 @@ class EndpointTests(CoreTestCase):
             self.assertEqual(sorted(c.mac for c in self.durable().claims.values()),
                              [MAC1, MAC2], seed)
             self.host.pause = None
-            self.store.run_in_thread = run_now
+            self.threads.run = run_now
             winner = next(e for e in (EP2, EP3) if e in self.core.state.claims)
             self.delete_endpoint(winner)
 
@@ -240,7 +240,7 @@ class EndpointTests(CoreTestCase):
     def test_failed_save_loses_nothing(self) -> None:
         def disk_full(*args: object) -> None:
             raise OSError(28, "No space left on device")
-        self.store.run_in_thread = lambda f, *a: maybeDeferred(disk_full)
+        self.threads.run = lambda f, *a: maybeDeferred(disk_full)
         message = self.refused(self.core.create_endpoint(
             CreateEndpoint.parse(endpoint_body(EP))), StoreError)
         self.assertIn("No space left on device", message)
@@ -278,8 +278,8 @@ class RestartTests(CoreTestCase):
         # dockerd still owns the endpoint: the claim stays until it deletes it,
         # and the admin view shows the restore that happened meanwhile.
         self.assertEqual(self.core.state.claims[EP].phase, Phase.JOINED)
-        from hostnic.admin import AdminAPI, ServiceInfo
-        admin = AdminAPI(self.core, ServiceInfo(1, 0.0, {}, "/s"))
+        assert self.daemon is not None
+        admin = self.daemon.admin
         [endpoint] = self.call(admin.endpoints_list())
         self.assertEqual((endpoint["last_restore"]["found_as"],
                           endpoint["last_restore"]["problems"]), ("eth0", []))
@@ -301,11 +301,12 @@ class RestartTests(CoreTestCase):
         self.assertEqual(self.nic1.where, SANDBOX)
 
     def test_requests_wait_for_reconciliation(self) -> None:
-        from hostnic.core import Core
         gate: Deferred[None] = Deferred()
         self.host.gate = gate
-        core = Core(host=self.host, store=self.store, state=self.store.load())
-        starting = Deferred.fromCoroutine(core.start())
+        self.crash()
+        self.daemon = self.build()
+        core = self.daemon.core
+        starting = Deferred.fromCoroutine(self.daemon.start())
         waiting = Deferred.fromCoroutine(core.delete_network(NET))
         self.assertNoResult(waiting)
         self.host.gate = None

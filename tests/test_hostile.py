@@ -20,9 +20,7 @@ from twisted.internet.address import UNIXAddress
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from hostnic.admin import AdminAPI, ServiceInfo
-from hostnic.driver import DriverAPI
-from hostnic.web import GuardedSite, Limits, driver_refusal, jsonrpc_refusal
+from hostnic.web import GuardedSite
 from tests.helpers import EP, MAC1, NET, CoreTestCase
 
 REQUESTS = 2500
@@ -166,19 +164,16 @@ def request(method: str, path: str, body: bytes, headers: dict[str, str],
 
 
 class HostileClientTests(CoreTestCase):
+    admin_token = b"s3cret"
+
     def setUp(self) -> None:
         super().setUp()
         self.host.add("ens4", MAC1, up=True)
         self.create_network(hostnic_mac=MAC1)
         self.create_endpoint(EP)
-        clock = Clock()
-        limits = Limits(max_body=1 << 20)
-        self.driver = GuardedSite(DriverAPI(self.core, self.core.journal).app.resource(),
-                                  driver_refusal, limits, reactor=clock)
-        admin = AdminAPI(self.core, ServiceInfo(pid=1, started_at=0.0, state_dir="/s",
-                                                endpoints={}), token=b"s3cret")
-        self.admin = GuardedSite(admin.app.resource(), jsonrpc_refusal, limits,
-                                 authorize=admin.authorized, reactor=clock)
+        assert self.daemon is not None
+        sites = self.daemon.sites(reactor=Clock())  # as the daemon serves them
+        self.driver, self.admin = sites["driver"], sites["admin"]
 
     def check_driver(self, status: int, body: bytes, what: str) -> None:
         self.assertNotEqual(status, 500, what)

@@ -4,7 +4,6 @@ scheduler (tests/sched.py), so the interleaving really happens."""
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 import attrs
@@ -14,7 +13,7 @@ from twisted.internet.defer import Deferred
 from hostnic.errors import HostError, NicUnavailable, StoreError, UnknownObject
 from hostnic.model import Address, NicRef, Phase
 from hostnic.protocol import CreateNetwork, EndpointRef, Join
-from tests.fakes import FakeLink, FaultyFileSystem, run_now
+from tests.fakes import FakeLink, run_now
 from tests.helpers import (EP, EP2, MAC1, MAC2, NET, NET2, SANDBOX, CoreTestCase, join_body,
                            network_body)
 from tests.sched import Scheduler, gated
@@ -35,12 +34,12 @@ class LendingTestCase(CoreTestCase):
         """From now on host calls and store writes wait for the scheduler."""
         scheduler = Scheduler(only=only)
         self.host.pause = scheduler.point
-        self.store.run_in_thread = gated(scheduler)
+        self.threads.run = gated(scheduler)
         return scheduler
 
     def unschedule(self) -> None:
         self.host.pause = None
-        self.store.run_in_thread = run_now
+        self.threads.run = run_now
 
     def start(self, coroutine: Any) -> Deferred[Any]:
         return Deferred.fromCoroutine(coroutine)
@@ -59,7 +58,7 @@ class FullDiskTests(LendingTestCase):
     def test_a_full_disk_refuses_the_change_and_loses_nothing(self) -> None:
         self.host.add("ens5", MAC2)
         before = self.durable()
-        self.store.fs = FaultyFileSystem(space=100)  # less than a journal record
+        self.disk.space = 100  # less than a journal record
         message = self.refused(self.core.create_network(CreateNetwork.parse(
             network_body(NET2, hostnic_mac=MAC2))), StoreError)
         self.assertIn("could not save its state", message)
@@ -67,7 +66,7 @@ class FullDiskTests(LendingTestCase):
         self.assertNotIn(NET2, self.core.state.networks)
         self.assertEqual(self.durable(), before)  # the torn record is not read back
         # Space comes back: the same request works, and a restart reads it.
-        self.store.fs = os
+        self.disk.space = None
         self.create_network(NET2, hostnic_mac=MAC2)
         self.assertIn(NET2, self.new_core().state.networks)
 
@@ -192,7 +191,7 @@ class StuckClaimTests(LendingTestCase):
         self.host.dockerd_moves_in(src, SANDBOX, "192.168.7.10")
         self.leave()
         self.host.dockerd_moves_back(MAC1, src)
-        self.store.fs = FaultyFileSystem(space=0)
+        self.disk.space = 0
         self.assertIn("could not save", self.refused(
             self.core.delete_endpoint(EndpointRef(NET, EP)), StoreError))
         self.assert_home_as_before()  # restored...
@@ -201,13 +200,14 @@ class StuckClaimTests(LendingTestCase):
     def test_hostnic_retries_the_release_itself(self) -> None:
         self.reactor.advance(1)  # still full: the retry fails, and backs off
         self.assertIn(EP, self.core.state.claims)
-        self.store.fs = os  # space again
+        self.disk.space = None  # space again
         self.reactor.advance(2)
         self.assertEqual(self.durable().claims, {})
         self.assertEqual(self.create_endpoint(EP2).mac, MAC1)
         self.flushLoggedErrors()
 
     def test_a_restart_releases_it_whatever_the_nic_is_called(self) -> None:
+        self.disk.space = None  # the disk has room again by the time hostnic restarts
         self.core = self.new_core()
         self.assertEqual(self.core.last_reconciliation["released"], [MAC1])
         self.assertEqual(self.create_endpoint(EP2).mac, MAC1)
@@ -283,6 +283,59 @@ class IdentityTests(LendingTestCase):
         message = self.refused(self.core.create_network(CreateNetwork.parse(
             network_body(NET2, hostnic_name="ens4"))), NicUnavailable)
         self.assertIn("is already in hostnic network", message)
+
+
+class SquatterTests(LendingTestCase):
+    """11. A link already wore the endpoint's transit name (a leftover, another
+    tool): Join answered that name without renaming the NIC, and dockerd
+    would have moved the other link into the container."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.transit = "hn" + EP[:13]
+
+    def test_join_refuses_a_name_another_link_wears_and_touches_nothing(self) -> None:
+        squatter = self.host.add(self.transit, "02:00:00:00:5a:01", up=True)
+        message = self.refused(self.join_call(), NicUnavailable)
+        self.assertEqual(message, (
+            f"interface {self.transit} (index {squatter.index}, MAC 02:00:00:00:5a:01) is not "
+            f"NIC {MAC1} but wears the name hostnic lends that NIC under for endpoint "
+            f"{EP[:12]}; rename or delete that interface, then start the container again"))
+        self.assert_home_as_before()  # the NIC: up, under its own name
+        self.assertEqual((squatter.name, squatter.up, squatter.mac),
+                         (self.transit, True, "02:00:00:00:5a:01"))
+        # Once the name is free, the same endpoint's Join lends the NIC.
+        del self.host.links[squatter.index]
+        self.assertEqual(self.join().src_name, self.transit)
+        self.assertEqual(self.nic1.name, self.transit)
+
+    def test_the_nics_mac_on_another_device_is_not_the_nic(self) -> None:
+        # Same MAC, another permanent address: a copy (a macvlan, a bond).
+        self.host.add(self.transit, MAC1, perm="52:54:00:aa:00:99", up=True)
+        self.assertIn(f"is not NIC {MAC1}", self.refused(self.join_call(), NicUnavailable))
+        self.assert_home_as_before()
+
+    def test_a_retried_join_proves_the_link_it_renamed(self) -> None:
+        """A Join cut short after the rename is retried: the NIC wears the
+        transit name already, and is proven by its permanent address."""
+        self.assertEqual(self.join().src_name, self.transit)
+        self.nic1.mac = "02:00:00:00:5a:02"  # an administrator changed it meanwhile
+        self.assertEqual(self.join().src_name, self.transit)
+
+    def test_a_link_taking_the_name_while_the_nic_is_away_is_left_alone(self) -> None:
+        src = self.join().src_name
+        self.host.dockerd_moves_in(src, SANDBOX, "192.168.7.10")
+        squatter = self.host.add(src, "02:00:00:00:5a:03", mtu=1400)  # a link event too
+        self.leave()
+        self.delete_endpoint()  # the NIC is still away: nothing to restore yet
+        self.core.settle_all()
+        self.reactor.advance(120)
+        self.assertEqual((squatter.name, squatter.mtu, squatter.up), (src, 1400, False))
+        self.assertEqual(self.durable().claims[EP].phase, Phase.RELEASING)
+        self.host.kernel_returns(MAC1)  # the container's namespace goes: the NIC is home
+        self.assert_home_as_before()
+        self.assertEqual(self.durable().claims, {})
+        self.assertEqual(squatter.name, src)
 
 
 class ReleasingSurvivesRestartTests(LendingTestCase):

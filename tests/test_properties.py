@@ -32,7 +32,7 @@ from hostnic.core import Core
 from hostnic.errors import HostError, HostnicError, StoreError
 from hostnic.model import Phase
 from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join
-from tests.fakes import FakeHost, FaultyFileSystem
+from tests.fakes import FakeHost
 from tests.helpers import NET, NET2, CoreTestCase, endpoint_body, network_body
 from tests.sched import Scheduler, gated
 
@@ -94,8 +94,8 @@ class History:
         """Run ``core`` (and its one store) under the scheduler."""
         self.core = core
         self.host.pause = self.scheduler.point
-        self.case.store.run_in_thread = gated(self.scheduler)
-        self.case.store.fs = FaultyFileSystem(space=0) if self.full else os
+        self.case.threads.run = gated(self.scheduler)
+        self.case.disk.space = 0 if self.full else None
 
     def crash(self) -> None:
         """The process dies: what it was doing stops, only the disk and the
@@ -219,7 +219,7 @@ class History:
     def set_disk(self, full: bool) -> None:
         # The same store (one writer, as in the daemon), on a disk now full or not.
         self.full = full
-        self.case.store.fs = FaultyFileSystem(space=0) if full else os
+        self.case.disk.space = 0 if full else None
 
     def act(self) -> None:
         waiting = [e for e in self.endpoints if e.inflight is None and e.stage in NEXT_CALL]

@@ -226,10 +226,10 @@ class StoreTests(SynchronousTestCase):
                  ("dir_fsync", 0, new), ("unlink", 0, new)]
         for i, (step, after, survivor) in enumerate(cases):
             directory = self.mktemp()
-            store = StateStore(directory, run_now, compact_every=1 if i >= 2 else 1000)
-            store.load()
-            self.successResultOf(self.save(old, StateStore(directory, run_now,
-                                                           fs=FaultyFileSystem())))
+            first = StateStore(directory, run_now, fs=FaultyFileSystem())
+            first.load()
+            self.successResultOf(self.save(old, first))  # a journal record
+            first.close()
             store = StateStore(directory, run_now, compact_every=1 if i >= 2 else 1000)
             store.load()
             store.fs = FaultyFileSystem(crash_at=step, crash_after=after)

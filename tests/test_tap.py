@@ -9,9 +9,17 @@ from typing import Any
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.trial.unittest import SynchronousTestCase
 
+from hostnic.compose import Daemon, Ports, Settings, build
 from hostnic.errors import HostnicError
 from hostnic.sdnotify import watchdog_interval
 from hostnic.tap import HostnicService, is_network_endpoint
+from tests.fakes import FakeHost, run_now
+
+
+def daemon(state_dir: str, token: bytes | None = None) -> Daemon:
+    return build(Settings(state_dir, {"driver": "unix:/d",
+                                      "admin": "systemd:domain=UNIX:index=0"}, token),
+                 Ports(reactor=None, host=FakeHost(), run_in_thread=run_now))
 
 
 class FakePort:
@@ -31,11 +39,11 @@ class EndpointTests(SynchronousTestCase):
             self.assertFalse(is_network_endpoint(description), description)
 
     def test_a_network_listener_without_a_token_is_fatal_whatever_the_string_said(self) -> None:
-        service = HostnicService(None, "unix:/d", "/s", admin="systemd:domain=UNIX:index=0")
+        service = HostnicService(None, daemon(self.mktemp()))
         self.assertRaises(HostnicError, service._listening,
                           FakePort(IPv4Address("TCP", "0.0.0.0", 9123)), "admin")
         service._listening(FakePort(UNIXAddress(b"/run/hostnic/admin.sock")), "admin")
-        service.admin_token = b"t"
+        service = HostnicService(None, daemon(self.mktemp(), token=b"t"))
         service._listening(FakePort(IPv4Address("TCP", "0.0.0.0", 9123)), "admin")
 
 
@@ -76,6 +84,6 @@ class FatalTests(SynchronousTestCase):
         from twisted.python.failure import Failure
         for running, expected in ((True, "stop"), (False, "stop once running")):
             reactor = self.Reactor(running)
-            service = HostnicService(reactor, "unix:/d", "/s")
+            service = HostnicService(reactor, daemon(self.mktemp()))
             service._fatal(Failure(HostnicError("the admin socket is taken")))
             self.assertEqual(reactor.calls, ["exit 1 after shutdown", expected])

@@ -8,11 +8,10 @@ from typing import Any, Coroutine
 
 from twisted.internet.defer import Deferred
 
-from hostnic.core import Core
+from hostnic.compose import Ports, Settings, build
 from hostnic.host import NetlinkHost
 from hostnic.linkwatch import LinkMonitor
 from hostnic.protocol import CreateEndpoint, CreateNetwork, Join
-from hostnic.store import StateStore
 from tests.fakes import run_now
 from tests.helpers import endpoint_body, join_body, network_body
 from tests.netns.nsutil import FakeReactor, NetnsTestCase, ip
@@ -33,16 +32,16 @@ class LateEventsTests(NetnsTestCase):
         mac = self.veth("ens9")
         ip("-n", self.ns, "link", "set", "ens9", "up")
         monitor = LinkMonitor(FakeReactor(), run_now)  # read only when the test says
-        self.successResultOf(monitor.start())
-        self.addCleanup(monitor.stop)
-        store = StateStore(self.mktemp(), run_now)
-        core = Core(host=NetlinkHost(monitor, run_now, run_now), store=store,
-                    state=store.load())
+        daemon = build(Settings(self.mktemp()), Ports(
+            reactor=FakeReactor(), host=NetlinkHost(monitor, run_now, run_now),
+            run_in_thread=run_now))
+        self.addCleanup(daemon.stop)
+        core = daemon.core
 
         def call(coroutine: Coroutine[Any, Any, Any]) -> Any:
             return self.successResultOf(Deferred.fromCoroutine(coroutine))
 
-        call(core.start())
+        call(daemon.start())
         call(core.create_network(CreateNetwork.parse(network_body(hostnic_mac=mac))))
         call(core.create_endpoint(CreateEndpoint.parse(endpoint_body())))
         lent = call(core.join(Join.parse(join_body())))

@@ -9,7 +9,7 @@ import socket
 from twisted.internet.defer import Deferred
 
 from hostnic import netlink
-from hostnic.host import NetlinkHost, find_nic
+from hostnic.host import NetlinkHost, find_links
 from hostnic.record import read as host_read_state
 from hostnic import record, rtnl
 from hostnic.linkwatch import LinkMonitor
@@ -35,8 +35,7 @@ class NetlinkTests(NetnsTestCase):
         ip("-n", self.sandbox, "link", "set", "eth0", "down")
         ip("-n", self.sandbox, "link", "set", "eth0", "name", "hntransit")
         ip("-n", self.sandbox, "link", "set", "hntransit", "netns", self.ns)
-        back = find_nic(NicRef(mac), "hntransit")
-        assert back is not None
+        [back] = find_links(NicRef(mac), "hntransit")
         return back
 
     def test_read_lend_and_restore_a_real_nic(self) -> None:
@@ -177,12 +176,19 @@ class NetlinkTests(NetnsTestCase):
         assert link is not None
         original = host_read_state(link.index)
         netlink.rename(link.index, "hntransit")
-        ip("-n", self.ns, "link", "set", "hntransit", "netns", self.sandbox)
-        ip("-n", self.sandbox, "link", "set", "hntransit", "address", "02:aa:bb:cc:dd:ee")
-        ip("-n", self.sandbox, "link", "set", "hntransit", "netns", self.ns)
-        self.assertIsNone(find_nic(NicRef(mac), None))  # not by its MAC any more
-        back = find_nic(NicRef(mac), "hntransit")
-        assert back is not None
+        # A container's namespace: only its loopback (no index to collide with).
+        container = self.ns.replace("hnt", "hnc")
+        ip("netns", "add", container)
+        self.addCleanup(ip, "netns", "del", container, check=False)
+        ip("-n", self.ns, "link", "set", "hntransit", "netns", container)
+        ip("-n", container, "link", "set", "hntransit", "address", "02:aa:bb:cc:dd:ee")
+        ip("-n", container, "link", "set", "hntransit", "netns", self.ns)
+        self.assertEqual(find_links(NicRef(mac), None), [])  # not by its MAC any more
+        [back] = find_links(NicRef(mac), "hntransit")
+        # The name is no proof; the index is: the two namespace moves kept it.
+        self.assertEqual(back.index, link.index)
+        self.assertTrue(NicRef(mac).is_link(back.mac, back.perm, back.index, original.index))
+        self.assertFalse(NicRef(mac).is_link(back.mac, back.perm, back.index))
         self.assertEqual(netlink.restore(back.index, original), [])
         shown = json.loads(ip("-n", self.ns, "-j", "link", "show", "dev", "ens9"))[0]
         self.assertEqual((shown["address"], "UP" in shown["flags"]), (mac, True))
@@ -190,7 +196,7 @@ class NetlinkTests(NetnsTestCase):
     def test_absent_links(self) -> None:
         self.assertIsNone(rtnl.get_link(name="nope0"))
         self.assertIsNone(rtnl.get_link(index=99999))
-        self.assertIsNone(find_nic(NicRef("02:00:00:00:00:77"), None))
+        self.assertEqual(find_links(NicRef("02:00:00:00:00:77"), None), [])
 
 
 class InventoryTests(NetnsTestCase):

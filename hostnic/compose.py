@@ -1,0 +1,124 @@
+"""The composition root: the one place hostnic's object graph is built.
+
+``twistd hostnic`` (``hostnic.tap``) builds its daemon here, and so does every
+test that needs a core: they differ only in the ports handed in (the host,
+the clocks, the threads, the file system), never in how the store, ledger,
+core and APIs are put together. The store that loaded the state is the store
+that serves it, so its bookkeeping (the journal's generation, its record
+count, a torn tail) is the disk's, whatever the previous life left.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from functools import partial
+from typing import Any, Callable, Mapping
+
+import attrs
+from twisted.internet.threads import deferToThread, deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from hostnic.admin import AdminAPI, ServiceInfo
+from hostnic.core import Core
+from hostnic.driver import DriverAPI
+from hostnic.host import HostPort, NetlinkHost
+from hostnic.linkwatch import LinkMonitor
+from hostnic.store import COMPACT_EVERY, RunInThread, StateStore
+from hostnic.web import GuardedSite, Limits, driver_refusal, jsonrpc_refusal
+
+DRIVER_CONNECTIONS = 512  # dockerd opens one per call; hundreds of parallel starts fit
+ADMIN_CONNECTIONS = 64
+
+
+@attrs.frozen
+class Settings:
+    """What the operator chose (twistd's options, or a test's)."""
+
+    state_dir: str
+    endpoints: Mapping[str, str] = attrs.field(factory=dict)  # "driver", "admin": as given
+    admin_token: bytes | None = None
+    client_timeout: float = 30.0  # seconds a client has to send a whole request
+    compact_every: int = COMPACT_EVERY
+
+
+@attrs.frozen
+class Ports:
+    """Everything outside hostnic's own code that the daemon talks to."""
+
+    reactor: Any  # IReactorTime: background retries
+    host: HostPort  # the host network namespace
+    run_in_thread: RunInThread  # the store's writes (fsync) off the reactor
+    clock: Callable[[], float] = time.time  # the wall clock of claims and leases
+    fs: Any = os  # the store's file operations (hostnic.store.FileSystem)
+
+
+@attrs.define(eq=False)
+class Daemon:
+    """One life of hostnic: built from the state directory, started, stopped
+    (or simply dropped, as a crash drops it)."""
+
+    settings: Settings
+    ports: Ports
+    store: StateStore
+    core: Core
+    driver: DriverAPI
+    admin: AdminAPI
+
+    @property
+    def host(self) -> HostPort:
+        return self.ports.host
+
+    async def start(self) -> None:
+        """Watch the host, then reconcile the recorded claims with it; requests
+        that touch state wait inside the core until this is done."""
+        await self.host.start()
+        await self.core.start()
+
+    def stop(self) -> None:
+        self.core.retries.stop()
+        self.host.stop()
+        self.store.close()
+
+    def sites(self, reactor: Any = None) -> dict[str, GuardedSite]:
+        """The HTTP sites that serve the driver and the admin API (a clock for
+        their deadlines, if not the global reactor's)."""
+        timeout = self.settings.client_timeout
+        admin = self.admin
+        return {
+            "driver": GuardedSite(self.driver.app.resource(), driver_refusal,
+                                  Limits(max_connections=DRIVER_CONNECTIONS,
+                                         request_seconds=timeout), reactor=reactor),
+            "admin": GuardedSite(admin.app.resource(), jsonrpc_refusal,
+                                 Limits(max_connections=ADMIN_CONNECTIONS,
+                                        request_seconds=timeout),
+                                 authorize=admin.authorized if admin.token else None,
+                                 reactor=reactor)}
+
+
+def build(settings: Settings, ports: Ports) -> Daemon:
+    """Read the state directory and assemble a daemon over it (nothing is
+    served or started yet). A damaged state raises StoreError, a sentence."""
+    store = StateStore(settings.state_dir, ports.run_in_thread, fs=ports.fs,
+                       compact_every=settings.compact_every)
+    state = store.load()
+    core = Core(host=ports.host, store=store, state=state, clock=ports.clock,
+                reactor=ports.reactor)
+    driver = DriverAPI(core, core.journal)
+    admin = AdminAPI(core, ServiceInfo(pid=os.getpid(), started_at=ports.clock(),
+                                       state_dir=settings.state_dir,
+                                       endpoints=dict(settings.endpoints)),
+                     token=settings.admin_token, clock=ports.clock)
+    return Daemon(settings, ports, store, core, driver, admin)
+
+
+def kernel_ports(reactor: Any, netns_dir: str | None = None) -> Ports:
+    """The daemon's real ports: this network namespace through netlink (an
+    event-driven inventory read on the reactor, reads in the reactor's
+    threads, every change in one netlink thread of its own, in order) and
+    the state directory through ``os``."""
+    monitor = LinkMonitor(reactor, deferToThread)
+    changes = ThreadPool(minthreads=1, maxthreads=1, name="hostnic-netlink")
+    host = NetlinkHost(monitor, deferToThread, partial(deferToThreadPool, reactor, changes),
+                       netns_dir=netns_dir, threads=changes)
+    return Ports(reactor=reactor, host=host, run_in_thread=deferToThread)
