@@ -54,21 +54,27 @@ def read_sysctls(name: str) -> tuple[tuple[str, str], ...]:
     return tuple(values)
 
 
-def read(index: int) -> NicState:
-    """The whole record of a NIC, from its name to its sysctls."""
+def _link(index: int) -> rtnl.LinkInfo:
     link = rtnl.get_link(index=index)
     if link is None:
         raise HostError(f"interface {index} vanished from the host")
+    return link
+
+
+def read(index: int) -> NicState:
+    """The whole record of a NIC, from its name to its sysctls."""
+    link = _link(index)
     routes = tuple(info.route for info in rtnl.routes_via(index) if restorable(info))
     return NicState(
         name=link.name, mac=link.mac or "", mtu=link.mtu, up=link.up,
         addresses=rtnl.addresses_of(index), routes=routes, sysctls=read_sysctls(link.name),
         alias=link.alias, altnames=link.altnames, txqlen=link.txqlen, group=link.group,
-        recorded_at=time.time())
+        recorded_at=time.time(), index=index)
 
 
 def adopt(index: int) -> Adopted:
     """The configuration a container gets in adopt mode from this NIC."""
+    _link(index)  # the dumps below answer nothing, not an error, for a vanished one
     routes = [info.route for info in rtnl.routes_via(index) if restorable(info)]
     return adoption(rtnl.addresses_of(index), routes, time.time())
 

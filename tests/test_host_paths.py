@@ -38,3 +38,44 @@ class NamespaceExistsTests(SynchronousTestCase):
         host = NetlinkHost(None, run_now, run_now)  # type: ignore[arg-type]
         self.assertTrue(self.exists(host, os.path.join(self.work, "0123abcd")))
         self.assertFalse(self.exists(host, "/var/run/docker/netns/0123abcd"))
+
+
+class KernelErrorTests(SynchronousTestCase):
+    """The kernel's errors leave the host port as HostError, a sentence: the
+    core handles its own error types only (a bare OSError once skipped the
+    retry of a failed delete and ended a start-up reconciliation)."""
+
+    def setUp(self) -> None:
+        from hostnic import rtnl
+        from hostnic.linkwatch import LinkMonitor
+        from twisted.internet.task import Clock
+
+        def exhausted(*args: Any, **kwargs: Any) -> Any:
+            raise OSError(24, "Too many open files")
+        self.patch(rtnl, "dump", exhausted)  # the raw reader every read goes through
+        monitor = LinkMonitor(Clock(), run_now)  # never started: lookups ask the kernel
+        self.host = NetlinkHost(monitor, run_now, run_now)
+
+    def refusal(self, coroutine: Any) -> str:
+        from twisted.internet.defer import Deferred
+        from hostnic.errors import HostError
+        return str(self.failureResultOf(Deferred.fromCoroutine(coroutine), HostError).value)
+
+    def test_every_read_says_what_failed(self) -> None:
+        from hostnic.model import NicRef
+        for coroutine, what in (
+                (self.host.read_state(7), "recording interface 7: Too many open files"),
+                (self.host.adopt(7), "reading the configuration of interface 7: Too many"),
+                (self.host.host_default_links(), "reading the host's default routes: Too many"),
+                (self.host.is_host_default(7), "reading the host's default routes: Too many"),
+                (self.host.locate(NicRef("02:00:00:00:00:07"), "hnx"),
+                 "looking for NIC 02:00:00:00:00:07 in the kernel: Too many open files"),
+                (self.host.locate_name("ens7"), "looking for interface ens7 in the kernel"),
+                (self.host.uppers(7), "listing the host's links: Too many open files")):
+            self.assertIn(what, self.refusal(coroutine))
+
+    def test_a_change_says_what_failed(self) -> None:
+        from hostnic.model import NicState
+        message = self.refusal(self.host.restore(7, NicState("ens7", "02:00:00:00:00:07",
+                                                             1500, True)))
+        self.assertEqual(message, "restoring interface 7 as ens7: Too many open files")

@@ -1,0 +1,220 @@
+"""What every host port (``hostnic.host.HostPort``) must do alike.
+
+The same tests run over the fake host of the unit tests
+(``tests/test_host_contract.py``) and over the real netlink host in a
+throwaway namespace (``tests/netns/test_host_contract.py``): if the fake
+drifts from the kernel, one of the two runs fails.
+
+A subclass provides the host under test and a small "kernel" API to shape
+the namespace from outside hostnic (as an administrator, dockerd or another
+tool would): ``nic``, ``macvlan_on``, ``veth_pair``, ``bridge_port``,
+``rename_outside``, ``flush_outside``, ``default_route_via``, ``look``,
+``inventory_unready``/``inventory_ready`` and ``events_delivered``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Coroutine, TypeVar
+
+import attrs
+from twisted.internet.defer import Deferred
+
+from hostnic.errors import HostError
+from hostnic.host import HostPort
+from hostnic.model import AF_INET6, IFA_F_TEMPORARY, Address, NicRef, NicState
+from hostnic.rtnl import LinkInfo
+
+T = TypeVar("T")
+ABSENT = 999_999  # an interface index no test makes
+
+if TYPE_CHECKING:
+    from twisted.trial.unittest import SynchronousTestCase as Mixin
+else:
+    Mixin = object  # not a test case of its own: pytest collects only its subclasses
+
+
+class HostContract(Mixin):
+    """Mixed into a trial SynchronousTestCase with the kernel API below."""
+
+    host: HostPort
+
+    # -- provided by each side ---------------------------------------------
+
+    def nic(self, name: str, mtu: int = 1500, up: bool = False,
+            addresses: tuple[str, ...] = ()) -> LinkInfo:
+        raise NotImplementedError
+
+    def macvlan_on(self, name: str, lower: str) -> LinkInfo:
+        raise NotImplementedError
+
+    def veth_pair(self, name: str, peer: str) -> LinkInfo:
+        """Both ends in the host namespace; returns ``name``'s link."""
+        raise NotImplementedError
+
+    def bridge_port(self, bridge: str, port: str) -> LinkInfo:
+        raise NotImplementedError
+
+    def rename_outside(self, name: str, new: str) -> None:
+        raise NotImplementedError
+
+    def flush_outside(self, name: str, mtu: int) -> None:
+        """What a namespace move does: addresses gone, link down (and a new MTU)."""
+        raise NotImplementedError
+
+    def default_route_via(self, name: str) -> None:
+        raise NotImplementedError
+
+    def look(self, name: str) -> tuple[str, str, int, bool, list[str]]:
+        """(name, MAC, MTU, up, global addresses) as the kernel has them now."""
+        raise NotImplementedError
+
+    def inventory_unready(self) -> None:
+        """Events were lost: the inventory resyncs and is not current."""
+        raise NotImplementedError
+
+    def inventory_ready(self) -> None:
+        raise NotImplementedError
+
+    def events_delivered(self) -> None:
+        """Let the reactor read what the kernel queued."""
+        raise NotImplementedError
+
+    # -- helpers -------------------------------------------------------------
+
+    def done(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        result: T = self.successResultOf(Deferred.fromCoroutine(coroutine))
+        return result
+
+    def fails(self, coroutine: Coroutine[Any, Any, Any]) -> str:
+        failure = self.failureResultOf(Deferred.fromCoroutine(coroutine), HostError)
+        return str(failure.value)
+
+    def nic_of(self, link: LinkInfo) -> NicRef:
+        assert link.mac is not None
+        return NicRef(link.mac, link.perm)
+
+    # -- the contract ----------------------------------------------------------
+
+    def test_locate_finds_a_nic_by_its_mac_and_nothing_for_another(self) -> None:
+        ens = self.nic("ens9", mtu=1400, up=True)
+        found = self.done(self.host.locate(self.nic_of(ens)))
+        assert found is not None
+        self.assertEqual((found.index, found.name, found.mtu, found.up),
+                         (ens.index, "ens9", 1400, True))
+        self.assertIsNone(self.done(self.host.locate(NicRef("02:00:00:00:77:77"))))
+        self.assertEqual([l.index for l in self.host.known(self.nic_of(ens))], [ens.index])
+
+    def test_a_link_wearing_the_transit_name_is_not_the_nic_for_its_name(self) -> None:
+        ens = self.nic("ens9", up=True)
+        squatter = self.nic("hnsquat0")
+        found = self.done(self.host.locate(self.nic_of(ens), "hnsquat0"))
+        assert found is not None
+        self.assertEqual(found.index, ens.index)
+        named = self.done(self.host.locate_name("hnsquat0"))
+        assert named is not None
+        self.assertEqual(named.index, squatter.index)
+
+    def test_a_nic_whose_mac_changed_is_proven_by_its_index(self) -> None:
+        ens = self.nic("ens9")
+        self.rename_outside("ens9", "hnlent0")
+        found = self.done(self.host.locate(NicRef("02:00:00:00:88:88"), "hnlent0", ens.index))
+        assert found is not None
+        self.assertEqual(found.index, ens.index)
+        self.assertIsNone(self.done(self.host.locate(NicRef("02:00:00:00:88:88"), "hnlent0")))
+
+    def test_rename_sets_the_link_down_and_renames_it(self) -> None:
+        ens = self.nic("ens9", up=True)
+        self.done(self.host.rename(ens.index, "hnlent0"))
+        self.assertEqual(self.look("hnlent0")[0::3], ("hnlent0", False))
+
+    def test_a_rename_to_a_taken_name_fails_and_leaves_the_link_down(self) -> None:
+        ens = self.nic("ens9", up=True)
+        self.nic("taken0")
+        message = self.fails(self.host.rename(ens.index, "taken0"))
+        self.assertIn("taken0", message)
+        self.assertEqual(self.look("ens9")[0::3], ("ens9", False))
+
+    def test_record_then_restore_puts_the_nic_back(self) -> None:
+        ens = self.nic("ens9", mtu=1400, up=True, addresses=("10.5.0.5/24", "10.6.0.6/24"))
+        before = self.look("ens9")
+        original = self.done(self.host.read_state(ens.index))
+        self.assertEqual((original.name, original.mtu, original.up, original.index),
+                         ("ens9", 1400, True, ens.index))
+        self.done(self.host.rename(ens.index, "hnlent0"))
+        self.flush_outside("hnlent0", mtu=1500)
+        self.assertEqual(self.done(self.host.restore(ens.index, original)), ())
+        self.assertEqual(self.look("ens9"), before)
+
+    def test_restore_leaves_privacy_addresses_to_the_kernel(self) -> None:
+        ens = self.nic("ens9", up=True, addresses=("10.5.0.5/24",))
+        original = self.done(self.host.read_state(ens.index))
+        privacy = Address(AF_INET6, "fd07::1234:5678", 64, flags=IFA_F_TEMPORARY)
+        with_privacy = attrs.evolve(original, addresses=(*original.addresses, privacy))
+        self.flush_outside("ens9", mtu=1500)
+        self.assertEqual(self.done(self.host.restore(ens.index, with_privacy)), ())
+        self.assertEqual(self.look("ens9")[4], ["10.5.0.5/24"])
+
+    def test_restore_names_a_taken_name_and_does_the_rest(self) -> None:
+        ens = self.nic("ens9", mtu=1400, up=True, addresses=("10.5.0.5/24",))
+        original = self.done(self.host.read_state(ens.index))
+        self.done(self.host.rename(ens.index, "hnlent0"))
+        self.flush_outside("hnlent0", mtu=1500)
+        self.nic("ens9")  # another link took the NIC's name meanwhile
+        problems = self.done(self.host.restore(ens.index, original))
+        self.assertEqual(len(problems), 1, problems)
+        self.assertIn("name ens9", problems[0])
+        self.assertEqual(self.look("hnlent0")[2:], (1400, True, ["10.5.0.5/24"]))
+
+    def test_a_vanished_interface_is_a_host_error(self) -> None:
+        original = NicState("ens9", "02:00:00:00:00:09", 1500, True)
+        for call in (self.host.read_state(ABSENT), self.host.adopt(ABSENT),
+                     self.host.rename(ABSENT, "hnlent0"), self.host.restore(ABSENT, original)):
+            self.assertIn(str(ABSENT), self.fails(call))
+
+    def test_devices_on_top_are_uppers_a_veth_peer_is_not(self) -> None:
+        ens = self.nic("ens9")
+        self.assertEqual(self.done(self.host.uppers(ens.index)), (None, []))
+        self.macvlan_on("mv0", "ens9")
+        master, uppers = self.done(self.host.uppers(ens.index))
+        self.assertEqual((master, [(u.name, u.kind) for u in uppers]),
+                         (None, [("mv0", "macvlan")]))
+        peer_of = self.veth_pair("ve0", "ve1")
+        self.assertEqual(self.done(self.host.uppers(peer_of.index)), (None, []))
+
+    def test_a_bridge_port_names_its_bridge(self) -> None:
+        self.nic("ens9")
+        port = self.bridge_port("br9", "ens9")
+        master, uppers = self.done(self.host.uppers(port.index))
+        assert master is not None
+        self.assertEqual((master.name, master.kind, uppers), ("br9", "bridge", []))
+
+    def test_the_host_default_route_marks_its_link(self) -> None:
+        ens = self.nic("ens9", up=True, addresses=("10.5.0.5/24",))
+        self.assertFalse(self.done(self.host.is_host_default(ens.index)))
+        self.default_route_via("ens9")
+        self.assertTrue(self.done(self.host.is_host_default(ens.index)))
+        self.assertEqual(self.done(self.host.host_default_links()), {ens.index})
+
+    def test_link_events_tell_the_current_link(self) -> None:
+        seen: list[str] = []
+        self.host.on_link_appeared(lambda link: seen.append(link.name))
+        self.nic("ens9")
+        self.rename_outside("ens9", "ens10")
+        self.events_delivered()
+        self.assertEqual(seen[-1], "ens10")
+        self.assertEqual([l.name for l in self.host.all_links() if l.name.startswith("ens")],
+                         ["ens10"])
+
+    def test_while_the_inventory_is_not_current_lookups_ask_the_kernel(self) -> None:
+        ens = self.nic("ens9")
+        self.inventory_unready()
+        late = self.nic("ens10", up=True)  # its event is lost
+        found = self.done(self.host.locate(self.nic_of(late)))
+        assert found is not None
+        self.assertEqual(found.name, "ens10")
+        named = self.done(self.host.locate_name("ens10"))
+        self.assertEqual(named.index if named else None, late.index)
+        self.macvlan_on("mv0", "ens9")
+        self.assertEqual([u.name for u in self.done(self.host.uppers(ens.index))[1]], ["mv0"])
+        self.inventory_ready()
+        self.assertEqual([l.name for l in self.host.known(self.nic_of(late))], ["ens10"])

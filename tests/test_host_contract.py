@@ -1,0 +1,70 @@
+"""The host contract (tests/host_contract.py) over the fake host the unit
+tests use; tests/netns/test_host_contract.py runs it over the real one."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from hostnic.rtnl import LinkInfo
+from tests.fakes import FakeHost, FakeLink
+from tests.host_contract import HostContract
+
+
+class FakeHostContractTests(HostContract, SynchronousTestCase):
+    def setUp(self) -> None:
+        self.fake = FakeHost()
+        self.host = self.fake
+        self.done(self.fake.start())
+        self.serial = 0
+
+    def link(self, name: str) -> FakeLink:
+        return next(l for l in self.fake.home() if l.name == name)
+
+    def add(self, name: str, **settings: object) -> LinkInfo:
+        self.serial += 1
+        return self.fake.add(name, f"02:00:00:00:10:{self.serial:02x}", **settings).info()
+
+    def nic(self, name: str, mtu: int = 1500, up: bool = False,
+            addresses: tuple[str, ...] = ()) -> LinkInfo:
+        from hostnic.model import Address
+        parsed = [Address(2, a.split("/")[0], int(a.split("/")[1])) for a in addresses]
+        return self.add(name, mtu=mtu, up=up, addresses=parsed)
+
+    def macvlan_on(self, name: str, lower: str) -> LinkInfo:
+        return self.add(name, kind="macvlan", link=self.link(lower).index)
+
+    def veth_pair(self, name: str, peer: str) -> LinkInfo:
+        first = self.add(name, kind="veth")
+        second = self.add(peer, kind="veth", link=first.index)
+        self.link(name).link = second.index
+        return self.link(name).info()
+
+    def bridge_port(self, bridge: str, port: str) -> LinkInfo:
+        master = self.add(bridge, kind="bridge")
+        self.link(port).master = master.index
+        return self.link(port).info()
+
+    def rename_outside(self, name: str, new: str) -> None:
+        self.fake.rename_outside(self.link(name), new)
+
+    def flush_outside(self, name: str, mtu: int) -> None:
+        link = self.link(name)
+        link.leaves_namespace()
+        link.mtu = mtu
+
+    def default_route_via(self, name: str) -> None:
+        self.fake.default_route_indexes.add(self.link(name).index)
+
+    def look(self, name: str) -> tuple[str, str, int, bool, list[str]]:
+        link = self.link(name)
+        return (link.name, link.mac, link.mtu, link.up,
+                sorted(a.cidr for a in link.addresses if a.global_scope))
+
+    def inventory_unready(self) -> None:
+        self.fake.inventory_ready = False
+
+    def inventory_ready(self) -> None:
+        self.fake.inventory_ready = True
+
+    def events_delivered(self) -> None:
+        pass  # the fake tells its listeners at once
