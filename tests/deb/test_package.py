@@ -30,6 +30,15 @@ LEFT_BEHIND = ["/opt/venvs/hostnic", "/usr/bin/hostnic-ctl", "/etc/default/hostn
                "/var/lib/hostnic", "/usr/share/doc/hostnic"]
 
 
+def pending_connections(rig: Rig, path: str) -> int:
+    """Connections waiting on a listening unix socket (its accept queue)."""
+    for line in run(*rig.inside("ss", "-xlnH")).stdout.splitlines():
+        fields = line.split()  # u_str LISTEN <queued> <backlog> <path> ...
+        if len(fields) > 4 and fields[4] == path:
+            return int(fields[2])
+    return 0
+
+
 def unit_value(unit: str, key: str) -> str:
     for line in (UNITS / unit).read_text().splitlines():
         if line.startswith(f"{key}="):
@@ -142,7 +151,12 @@ def test_socket_activated_service_serves_dockerd(installed: Path) -> None:
                 "10.66.1.1"))
             if round_:
                 waiting.start()
-                time.sleep(1)
+                # Until dockerd's call is queued on the socket nobody serves.
+                deadline = time.monotonic() + 120
+                while not pending_connections(rig, SOCKET_PATH):
+                    assert waiting.is_alive() and time.monotonic() < deadline, \
+                        "dockerd never asked the stopped plugin"
+                    time.sleep(0.05)
             ready = say("start")
             assert ready.startswith("ready"), ready
             cold_starts.append(float(ready.split()[1]))
