@@ -33,7 +33,7 @@ from hostnic.core import Core
 from hostnic.errors import HostError, HostnicError, StoreError
 from hostnic.model import Phase
 from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join
-from tests.fakes import FakeHost
+from tests.fakes import FakeHost, run_now
 from tests.helpers import NET, NET2, CoreTestCase, endpoint_body, network_body
 from tests.sched import Scheduler, gated
 
@@ -117,7 +117,8 @@ class History:
                 endpoint.lost = True  # dockerd saw the connection drop
                 endpoint.inflight = None
         self.host.pause = None
-        self.case.core = self.case.new_core()  # reconciles with the real store
+        self.case.threads.run = run_now  # the new life's start runs through
+        self.case.core = self.case.new_core()  # reconciles from what is on disk
         self.attach(self.case.core)
 
     # -- dockerd's calls -------------------------------------------------
