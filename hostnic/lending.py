@@ -255,16 +255,19 @@ class Lender:
         link = await self._find(claim)
         if link is None:
             return "away"
-        if thorough and claim.sandbox_key \
-                and not await self.host.namespace_exists(claim.sandbox_key):
-            if link.name == claim.transit_name \
-                    and self.clock() - (claim.joined_at or 0.0) < JOIN_IN_FLIGHT_SECONDS:
+        if thorough and claim.sandbox_key:
+            alive = await self.host.namespace_exists(claim.sandbox_key)
+            if link.name == claim.transit_name and (
+                    alive or self.clock() - (claim.joined_at or 0.0) < JOIN_IN_FLIGHT_SECONDS):
+                # Home under its transit name: its container is starting, or
+                # stopping after a Leave hostnic never heard. Look again later.
                 return "in-flight"
-            # Its container is gone and dockerd's Delete was lost: give it back.
-            current = self._claim(claim.endpoint_id)
-            if current is not None:
-                return "released" if await self.restore_and_release(current) else "away"
-            return None
+            if not alive:
+                # Its container is gone and dockerd's Delete was lost: give it back.
+                current = self._claim(claim.endpoint_id)
+                if current is not None:
+                    return "released" if await self.restore_and_release(current) else "away"
+                return None
         if link.name != claim.transit_name and not claim.original.shown_by(
                 link.name, link.mac, link.mtu, link.up):
             problems = await self.host.restore(link.index, claim.original)

@@ -352,6 +352,25 @@ class ReleasingSurvivesRestartTests(LendingTestCase):
         self.assertEqual(self.host.known(NicRef(MAC1))[0].name, "ens4")
 
 
+class LostLeaveAndDeleteTests(LendingTestCase):
+    def test_the_nic_is_given_back_once_the_container_is_gone(self) -> None:
+        """hostnic restarted during both Leave and DeleteEndpoint: dockerd's
+        retries came without bodies, and dockerd went on and removed the
+        container. The empty DeleteEndpoint settles every claim; this one's
+        namespace is still there at that moment, so it is looked at again
+        until the namespace is gone, then given back (no restart needed)."""
+        src = self.join().src_name
+        self.host.dockerd_moves_in(src, SANDBOX, "192.168.7.10")
+        self.host.dockerd_moves_back(MAC1, src)  # the container stops; its Leave is lost
+        self.core.settle_all()  # its DeleteEndpoint came without a body
+        self.assertEqual(self.core.state.claims[EP].phase, Phase.JOINED)
+        self.host.live_namespaces.discard(SANDBOX)  # dockerd removes the namespace
+        self.now += 61
+        self.reactor.advance(120)
+        self.assertNotIn(EP, self.durable().claims)
+        self.assert_home_as_before()
+
+
 class ContainerNotStartedYetTests(LendingTestCase):
     """dockerd makes a container's namespace file (the SandboxKey) only when
     it starts the container, after Join. A thorough settle in that window (a
