@@ -6,8 +6,10 @@ Plain standard library (no Twisted), so it starts fast and fails in one line.
 from __future__ import annotations
 
 import argparse
+import glob
 import http.client
 import json
+import os
 import socket
 import ssl
 import sys
@@ -15,6 +17,9 @@ import time
 from typing import Any, Sequence
 
 DEFAULT_ADMIN = "/run/hostnic/admin.sock"
+# A managed plugin's admin socket, in the socket directory dockerd gives it
+# (/run/docker/plugins on the inside, /run/docker/plugins/<plugin id>/ here).
+PLUGIN_ADMIN = "hostnic-admin.sock"
 
 
 class CtlError(Exception):
@@ -93,6 +98,19 @@ def connection(admin: str, timeout: float = 30, ca_file: str | None = None
                        f"path or port that socket unit listens on")
     raise CtlError(f"--admin {admin!r}: use a unix socket path, unix:PATH, "
                    f"tcp:PORT:interface=HOST or tcp:HOST:PORT")
+
+
+def default_admin(run: str = "/run") -> str:
+    """The .deb's admin socket, else the managed plugin's (one hostnic serves
+    a host, so there is one or none)."""
+    legacy = os.path.join(run, "hostnic", "admin.sock")
+    if os.path.exists(legacy):
+        return legacy
+    plugins = sorted(glob.glob(os.path.join(run, "docker", "plugins", "*", PLUGIN_ADMIN)))
+    if len(plugins) > 1:
+        raise CtlError(f"several managed hostnic plugins have an admin socket here "
+                       f"({', '.join(plugins)}); choose one with --admin")
+    return plugins[0] if plugins else legacy
 
 
 def call(admin: str, method: str, params: dict[str, Any] | None = None,
@@ -278,7 +296,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     common.add_argument("--admin", help=f"the daemon's --admin endpoint string "
                                         f"(unix:PATH:..., tcp:PORT:interface=HOST, ssl:...), "
                                         f"a socket path, or tcp:HOST:PORT "
-                                        f"(default {DEFAULT_ADMIN})")
+                                        f"(default {DEFAULT_ADMIN}, else a managed "
+                                        f"plugin's /run/docker/plugins/ID/{PLUGIN_ADMIN})")
     common.add_argument("--token-file", help="bearer token for a TCP admin endpoint")
     common.add_argument("--ca-file", help="CA certificates that sign an ssl: endpoint's")
     common.add_argument("--json", action="store_true", help="print the raw JSON result")
@@ -310,7 +329,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     # Defaults last: set_defaults would reach the verbs' parsers through the
     # option objects they share, and a verb would reset what came before it.
-    for name, default in (("admin", DEFAULT_ADMIN), ("token_file", None), ("ca_file", None),
+    for name, default in (("admin", None), ("token_file", None), ("ca_file", None),
                           ("json", False)):
         if not hasattr(args, name):
             setattr(args, name, default)
@@ -330,7 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         params = {"events": lambda: {"limit": args.limit}, "release": lambda: {"mac": args.mac},
                   "network-rm": lambda: {"id": args.id}, "network": lambda: {"id": args.id},
                   "nic": lambda: {"key": args.key}}.get(args.command, dict)()
-        result = call(args.admin, METHODS[args.command], params, token, args.ca_file)
+        result = call(args.admin or default_admin(), METHODS[args.command], params, token,
+                      args.ca_file)
     except CtlError as e:
         print(f"hostnic-ctl: {e}", file=sys.stderr)
         return 1

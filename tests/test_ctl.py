@@ -54,7 +54,26 @@ class CommandLineTests(SynchronousTestCase):
             self.assertEqual((args.command, args.json, args.admin), ("nics", True, "/a.sock"),
                              argv)
         args = ctl.parse(["status"])
-        self.assertEqual((args.json, args.admin), (False, ctl.DEFAULT_ADMIN))
+        self.assertEqual((args.json, args.admin), (False, None))  # found when called
+
+    def test_without_admin_the_debs_socket_else_a_managed_plugins(self) -> None:
+        import os
+        run = self.mktemp()
+        self.assertEqual(ctl.default_admin(run), f"{run}/hostnic/admin.sock")  # none: says so
+        plugin = os.path.join(run, "docker", "plugins", "0f" * 32)
+        os.makedirs(plugin)
+        open(os.path.join(plugin, ctl.PLUGIN_ADMIN), "w").close()
+        self.assertEqual(ctl.default_admin(run), os.path.join(plugin, ctl.PLUGIN_ADMIN))
+        os.makedirs(os.path.join(run, "hostnic"))
+        open(os.path.join(run, "hostnic", "admin.sock"), "w").close()
+        self.assertEqual(ctl.default_admin(run), f"{run}/hostnic/admin.sock")
+        other = os.path.join(run, "docker", "plugins", "1e" * 32)
+        os.makedirs(other)
+        open(os.path.join(other, ctl.PLUGIN_ADMIN), "w").close()
+        os.unlink(os.path.join(run, "hostnic", "admin.sock"))
+        with self.assertRaises(ctl.CtlError) as caught:
+            ctl.default_admin(run)
+        self.assertIn("several managed hostnic plugins", str(caught.exception))
 
     def test_every_read_method_has_a_verb(self) -> None:
         from hostnic import admin

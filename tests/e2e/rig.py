@@ -47,6 +47,8 @@ mount -t sysfs sysfs /sys
 mount --move "$work/cgroup" /sys/fs/cgroup
 mount -t tmpfs -o mode=755 tmpfs /run
 mkdir -p /run/docker/plugins /run/hostnic
+# What the README's tmpfiles.d line makes at boot (a managed plugin mounts it).
+mkdir -p /run/docker/netns
 mount --bind "$work/etc-docker" /etc/docker
 touch "$work/holder.ready"
 exec sleep 86400

@@ -75,3 +75,47 @@ def test_a_legacy_hostnic_beside_the_plugin_refuses_to_start(rig: Rig, tmp_path:
     assert "Traceback" not in said
     assert not (tmp_path / "state").exists()
     rig.wait_managed_plugin()  # and the plugin serves on
+
+
+SOCKETS_SEEN = r"""
+import json, os, stat
+found = []
+for root, dirs, files in os.walk("/"):
+    dirs[:] = [d for d in dirs if os.path.join(root, d) not in ("/proc", "/sys",
+                                                               "/host/proc-sys-net")]
+    for name in dirs + files:
+        path = os.path.join(root, name)
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                found.append(path)
+        except OSError:
+            pass
+print(json.dumps(sorted(found)))
+"""
+
+
+def test_the_plugin_reaches_no_socket_but_its_own(rig: Rig) -> None:
+    """A compromised hostnic must not be root on the node through Docker's or
+    containerd's API: the plugin's file system holds no unix socket but the
+    two it serves, and of the host's /run only dockerd's namespace files."""
+    import json
+    pid = rig.wait_managed_plugin()
+    # As the plugin sees its file system (its mount namespace, its root).
+    seen = json.loads(run("nsenter", "-t", str(pid), "-m", "--",
+                          "/opt/venvs/hostnic/bin/python3", "-c", SOCKETS_SEEN).stdout)
+    assert seen == ["/run/docker/plugins/hostnic-admin.sock",
+                    "/run/docker/plugins/hostnic.sock"]
+    with open(f"/proc/{pid}/mountinfo") as f:  # its mounts: the mount point is field 5
+        mounts = f.read()
+    under_run = sorted(line.split()[4] for line in mounts.splitlines()
+                       if line.split()[4].startswith("/run"))
+    assert under_run == ["/run/docker/netns", "/run/docker/plugins"], mounts
+    # Abstract sockets belong to the network namespace, which host
+    # networking shares: of those that accept connections (flag
+    # __SO_ACCEPTCON, 0x10000), hostnic's own host lock is the only one.
+    listening = set()
+    for line in run(*rig.inside("cat", "/proc/net/unix")).stdout.splitlines()[1:]:
+        fields = line.split()  # Num RefCount Protocol Flags Type St Inode [Path]
+        if len(fields) == 8 and fields[7].startswith("@") and int(fields[3], 16) & 0x10000:
+            listening.add(fields[7])
+    assert listening == {"@hostnic/lends-this-host"}
