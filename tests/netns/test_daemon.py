@@ -175,6 +175,32 @@ class DaemonTests(DaemonTestCase):
         self.start()
         self.assertEqual(self.networks(), {first, second})
 
+    def test_join_never_names_a_link_that_is_not_the_nic(self) -> None:
+        """A link already wears the endpoint's transit name (a leftover,
+        another tool): Join must refuse, naming it, and touch nothing;
+        dockerd would otherwise move that link into the container."""
+        mac = self.veth("ens9")
+        ip("-n", self.ns, "link", "set", "ens9", "up")
+        transit = "hn" + EP[:13]
+        self.veth(transit)  # another link, with another MAC, under that name
+        self.start()
+        self.assertEqual(self.create_network(NET, mac), {})
+        ref = {"NetworkID": NET, "EndpointID": EP}
+        self.call("NetworkDriver.CreateEndpoint", {**ref, "Interface": {"Address": "10.9.0.10/24"}})
+        answer = self.call("NetworkDriver.Join", {**ref, "SandboxKey": "/x"})
+        self.assertNotIn("InterfaceName", answer)
+        self.assertIn(f"interface {transit} (index", answer.get("Err", ""))
+        self.assertIn(f"is not NIC {mac}", answer["Err"])
+        shown = {l["ifname"]: l for l in json.loads(ip("-n", self.ns, "-j", "link", "show"))}
+        self.assertEqual((shown["ens9"]["address"], "UP" in shown["ens9"]["flags"]), (mac, True))
+        self.assertNotEqual(shown[transit]["address"], mac)
+        # Once the name is free, the same Join lends the NIC under it.
+        ip("-n", self.ns, "link", "del", transit)
+        lent = self.call("NetworkDriver.Join", {**ref, "SandboxKey": "/x"})
+        self.assertEqual(lent["InterfaceName"]["SrcName"], transit)
+        [link] = json.loads(ip("-n", self.ns, "-j", "link", "show", "dev", transit))
+        self.assertEqual(link["address"], mac)
+
     def test_nic_returned_under_a_foreign_name_is_restored_at_start(self) -> None:
         mac = self.veth("ens9")
         ip("-n", self.ns, "link", "set", "ens9", "mtu", "1400", "up")
