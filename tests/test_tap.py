@@ -87,3 +87,41 @@ class FatalTests(SynchronousTestCase):
             service = HostnicService(reactor, daemon(self.mktemp()))
             service._fatal(Failure(HostnicError("the admin socket is taken")))
             self.assertEqual(reactor.calls, ["exit 1 after shutdown", expected])
+
+
+class CompositionTests(SynchronousTestCase):
+    def test_twistd_serves_the_daemon_the_composition_root_built(self) -> None:
+        """makeService builds through hostnic.compose.build, whose store
+        loaded the state directory: no second store, no second core."""
+        from hostnic import tap
+        from hostnic.model import Network, NicRef, State
+        from hostnic.store import StateStore
+        from twisted.internet.defer import Deferred
+        state_dir = self.mktemp()
+        first = StateStore(state_dir, run_now)
+        first.load()
+        network = Network("n" * 64, (NicRef("52:54:00:00:00:01"),))
+        self.successResultOf(Deferred.fromCoroutine(first.save(lambda: State().with_network(
+            network))))
+        first.close()
+        built: list[Daemon] = []
+
+        def spy(settings: Settings, ports: Ports) -> Daemon:
+            built.append(build(settings, ports))
+            return built[-1]
+        self.patch(tap, "build", spy)
+        self.patch(tap, "claim_host", lambda reactor, said: None)
+        self.patch(tap, "kernel_ports", lambda reactor, netns_dir: Ports(
+            reactor=reactor, host=FakeHost(), run_in_thread=run_now))
+        self.patch(tap, "bound_memory", lambda reactor: None)
+        options = tap.Options()
+        options.parseOptions(["--state-dir", state_dir, "--socket", "unix:/nonexistent/d",
+                              "--admin", "unix:/nonexistent/a"])
+        top = tap.makeService(options)
+        [service] = list(top)  # type: ignore[call-overload]
+        [daemon] = built
+        self.assertIs(service.daemon, daemon)
+        self.assertEqual(daemon.core.state.networks, {network.id: network})
+        self.assertIs(daemon.core.ledger.store, daemon.store)
+        self.assertEqual(daemon.settings.endpoints, {"driver": "unix:/nonexistent/d",
+                                                     "admin": "unix:/nonexistent/a"})
