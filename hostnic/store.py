@@ -153,6 +153,7 @@ class StateStore:
     _pending: list[_Waiter] = attrs.field(factory=list, init=False)
     _snapshot: Callable[[], State] | None = attrs.field(default=None, init=False)
     _writing: bool = attrs.field(default=False, init=False)
+    _close_when_idle: bool = attrs.field(default=False, init=False)
     log = Logger()
 
     @property
@@ -268,6 +269,8 @@ class StateStore:
                         waiter.done.callback(None)
         finally:
             self._writing = False
+            if self._close_when_idle:
+                self.close()
 
     def _persist(self, state: State) -> None:
         """Make ``state`` durable (in the store's thread, one write at a time)."""
@@ -326,6 +329,9 @@ class StateStore:
             pass  # gone already, or removed at the next start
 
     def close(self) -> None:
-        if self._journal is not None:
+        """Close the journal, once no write runs: a write in its thread must
+        never meet a closed descriptor, or one the number was reused for."""
+        self._close_when_idle = self._writing
+        if not self._writing and self._journal is not None:
             self.fs.close(self._journal)
             self._journal = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
@@ -239,6 +240,31 @@ class StoreTests(SynchronousTestCase):
             loaded = StateStore(directory, run_now).load()
             self.assertIn(loaded, [old, new] if survivor is None else [survivor], (i, step))
             self.assertNotIn(".tmp.", " ".join(os.listdir(directory)), (i, step))
+
+
+class CloseTests(SynchronousTestCase):
+    def test_closing_while_a_write_runs_closes_the_journal_after_it(self) -> None:
+        """A stop closes the store while a request's write may still run in
+        its thread: that write must finish on its own descriptor."""
+        held: list[tuple[Deferred[None], Any, tuple[Any, ...]]] = []
+
+        def gated(f: Any, *args: Any) -> Deferred[None]:
+            held.append((Deferred(), f, args))
+            return held[-1][0]
+
+        store = StateStore(self.mktemp(), gated)
+        store.load()
+        for networks in (1, 2):
+            saved = Deferred.fromCoroutine(store.save(lambda: big_state(networks)))
+            if networks == 2:
+                store.close()  # the stop comes while this write is in its thread
+                self.assertIsNotNone(store._journal)
+            d, f, args = held.pop()
+            f(*args)  # the thread writes
+            d.callback(None)
+            self.successResultOf(saved)
+        self.assertIsNone(store._journal)
+        self.assertEqual(StateStore(store.directory, run_now).load(), big_state(2))
 
 
 class GroupCommitTests(SynchronousTestCase):
