@@ -49,9 +49,9 @@ def pci_address(name: str, sysfs: str = "/sys") -> str | None:
 
 def translated(what: str, f: Callable[..., Any], *args: Any) -> Any:
     """Run ``f`` (in a thread); an error of the kernel's (an ``OSError`` from a
-    raw netlink socket or /proc, a ``NetlinkError`` from pyroute2) leaves as a
-    HostError that names what failed. This is the one place kernel errors are
-    translated: above it, the core meets only its own error types."""
+    raw netlink socket or /proc, a ``NetlinkError`` from pyroute2) that
+    reaches the host port leaves it as a HostError that names what failed, so
+    the core meets only its own error types."""
     try:
         return f(*args)
     except HostnicError:
@@ -86,6 +86,13 @@ def find_links(nic: NicRef, transit_name: str | None) -> list[LinkInfo]:
     return list(found.values())
 
 
+def proven(nic: NicRef, links: list[LinkInfo], lent_index: int | None) -> LinkInfo | None:
+    """Of the links that may be ``nic`` (by name or address), the one that
+    proves to be it (``NicRef.is_link``)."""
+    return next((link for link in links
+                 if nic.is_link(link.mac, link.perm, link.index, lent_index)), None)
+
+
 def uppers_of(links: list[LinkInfo], index: int) -> tuple[LinkInfo | None, list[LinkInfo]]:
     by_index = {link.index: link for link in links}
     link = by_index.get(index)
@@ -112,8 +119,8 @@ class HostPort(Protocol):
     def stop(self) -> None: ...
     def on_link_appeared(self, callback: Callable[[LinkInfo], None]) -> None: ...
     def known(self, nic: NicRef) -> list[LinkInfo]:
-        """The links that are ``nic`` now, from the inventory (no I/O; while
-        the inventory resyncs this may be its last view)."""
+        """The links with ``nic``'s MAC or permanent address now, from the
+        inventory (no I/O; while the inventory resyncs, its last view)."""
     async def locate(self, nic: NicRef, transit_name: str | None = None,
                      lent_index: int | None = None) -> LinkInfo | None:
         """The host link that is ``nic`` now, or None if it is not home. A link
@@ -197,8 +204,7 @@ class NetlinkHost:
         else:
             links = await self._ask(f"looking for NIC {nic.mac} in the kernel", find_links,
                                     nic, transit_name)
-        return next((link for link in links
-                     if nic.is_link(link.mac, link.perm, link.index, lent_index)), None)
+        return proven(nic, links, lent_index)
 
     async def locate_name(self, name: str) -> LinkInfo | None:
         self.monitor.drain()

@@ -69,15 +69,17 @@ class NicRef:
     def is_link(self, mac: str | None, perm: str | None, index: int,
                 lent_index: int | None = None) -> bool:
         """Whether a link is this NIC, proven before hostnic names it to dockerd
-        or changes it: the permanent address where both are known (a MAC can
-        be copied, that one not), else the MAC, else (a container changed the
-        MAC) the interface index the NIC had when it was lent (a namespace
-        move keeps it unless the namespace it enters holds that index; a
-        physical NIC has a permanent address and never needs it). A name
-        proves nothing: any link may wear one."""
-        if self.perm is not None and perm is not None:
+        or changes it. A NIC with a permanent address is the link with that
+        address (a VLAN, a bridge or a macvlan can wear its MAC, and report
+        none). One without (a virtual NIC) is, once lent, the link with the
+        interface index it had then (a namespace move keeps it unless the
+        namespace it enters holds that index), else the link with its MAC.
+        A name proves nothing: any link may wear one."""
+        if self.perm is not None:
             return perm == self.perm
-        return mac == self.mac or (lent_index is not None and index == lent_index)
+        if lent_index is not None:
+            return index == lent_index
+        return mac == self.mac
 
     @property
     def key(self) -> str:

@@ -32,7 +32,7 @@ import attrs
 from twisted.internet.defer import Deferred, maybeDeferred
 
 from hostnic.errors import HostError
-from hostnic.host import HostPort, uppers_of
+from hostnic.host import HostPort, proven, uppers_of
 from hostnic.rtnl import IFF_LOOPBACK, IFF_UP, LinkInfo
 from hostnic.model import Address, Adopted, NicRef, NicState, Route
 from hostnic.record import adoption
@@ -246,8 +246,7 @@ class FakeHost:
         links = sorted(self.home(), key=lambda l: (l.name != transit_name, l.index))
         found = [l for l in links if (transit_name is not None and l.name == transit_name)
                  or nic.matches(l.mac, l.perm)]
-        answer = next((l.info() for l in found
-                       if nic.is_link(l.mac, l.perm, l.index, lent_index)), None)
+        answer = proven(nic, [l.info() for l in found], lent_index)
         await self._step("locate.answered", nic.mac)  # the answer may be stale by now
         return answer
 

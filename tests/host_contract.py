@@ -41,7 +41,8 @@ class HostContract(Mixin):
     # -- provided by each side ---------------------------------------------
 
     def nic(self, name: str, mtu: int = 1500, up: bool = False,
-            addresses: tuple[str, ...] = ()) -> LinkInfo:
+            addresses: tuple[str, ...] = (), mac: str | None = None) -> LinkInfo:
+        """A link like the test NICs: a veth (no permanent address)."""
         raise NotImplementedError
 
     def macvlan_on(self, name: str, lower: str) -> LinkInfo:
@@ -113,6 +114,18 @@ class HostContract(Mixin):
         named = self.done(self.host.locate_name("hnsquat0"))
         assert named is not None
         self.assertEqual(named.index, squatter.index)
+
+    def test_a_link_with_a_copy_of_the_mac_is_not_the_nic(self) -> None:
+        ens = self.nic("ens9", up=True)
+        assert ens.mac is not None
+        squatter = self.nic("hnsquat0", mac=ens.mac)  # as a VLAN or a macvlan may
+        found = self.done(self.host.locate(self.nic_of(ens), "hnsquat0", ens.index))
+        assert found is not None
+        self.assertEqual(found.index, ens.index)
+        self.inventory_unready()  # the kernel's answer says the same
+        found = self.done(self.host.locate(self.nic_of(ens), "hnsquat0", ens.index))
+        self.assertEqual(found.index if found else None, ens.index)
+        self.assertNotEqual(squatter.index, ens.index)
 
     def test_a_nic_whose_mac_changed_is_proven_by_its_index(self) -> None:
         ens = self.nic("ens9")

@@ -20,15 +20,16 @@ class FakeHostContractTests(HostContract, SynchronousTestCase):
     def link(self, name: str) -> FakeLink:
         return next(l for l in self.fake.home() if l.name == name)
 
-    def add(self, name: str, **settings: object) -> LinkInfo:
+    def add(self, name: str, mac: str | None = None, **settings: object) -> LinkInfo:
         self.serial += 1
-        return self.fake.add(name, f"02:00:00:00:10:{self.serial:02x}", **settings).info()
+        mac = mac or f"02:00:00:00:10:{self.serial:02x}"
+        return self.fake.add(name, mac, **settings).info()
 
     def nic(self, name: str, mtu: int = 1500, up: bool = False,
-            addresses: tuple[str, ...] = ()) -> LinkInfo:
+            addresses: tuple[str, ...] = (), mac: str | None = None) -> LinkInfo:
         from hostnic.model import Address
         parsed = [Address(2, a.split("/")[0], int(a.split("/")[1])) for a in addresses]
-        return self.add(name, mtu=mtu, up=up, addresses=parsed)
+        return self.add(name, mac, mtu=mtu, up=up, addresses=parsed)
 
     def macvlan_on(self, name: str, lower: str) -> LinkInfo:
         return self.add(name, kind="macvlan", link=self.link(lower).index)

@@ -261,14 +261,19 @@ class IdentityTests(LendingTestCase):
     """10. A NIC was known by its MAC only."""
 
     def test_a_mac_changed_in_the_container_comes_back_by_its_transit_name(self) -> None:
-        src = self.join().src_name
+        # A virtual NIC: no permanent address to go by, only its index.
+        virtual = self.host.add("ens5", MAC2, mtu=1400, up=True)
+        before = virtual.state()
+        self.create_network(NET2, hostnic_mac=MAC2)
+        self.create_endpoint(EP2, NET2)
+        src = self.join(EP2, NET2).src_name
         inside = self.host.dockerd_moves_in(src, SANDBOX, "192.168.7.10")
-        inside.mac, inside.perm = "02:aa:bb:cc:dd:ee", None  # no permanent address to go by
-        self.leave()
+        inside.mac = "02:aa:bb:cc:dd:ee"
+        self.leave(EP2, NET2)
         self.host.dockerd_moves_back(inside, src)
-        self.delete_endpoint()
-        self.assert_home_as_before()  # the MAC too
-        self.assertEqual(self.core.state.claims, {})
+        self.delete_endpoint(EP2, NET2)
+        self.assertEqual((virtual.where, virtual.state()), ("host", before))  # the MAC too
+        self.assertNotIn(EP2, self.core.state.claims)
 
     def test_a_kernel_returned_nic_with_a_changed_mac_is_known_by_its_permanent_address(
             self) -> None:
@@ -310,10 +315,40 @@ class SquatterTests(LendingTestCase):
         self.assertEqual(self.nic1.name, self.transit)
 
     def test_the_nics_mac_on_another_device_is_not_the_nic(self) -> None:
-        # Same MAC, another permanent address: a copy (a macvlan, a bond).
-        self.host.add(self.transit, MAC1, perm="52:54:00:aa:00:99", up=True)
-        self.assertIn(f"is not NIC {MAC1}", self.refused(self.join_call(), NicUnavailable))
-        self.assert_home_as_before()
+        # Same MAC: a copy (a VLAN, a bridge, a macvlan), with another
+        # permanent address or, as such devices have, none.
+        for perm in ("52:54:00:aa:00:99", None):
+            squatter = self.host.add(self.transit, MAC1, perm=perm, up=True)
+            self.assertIn(f"is not NIC {MAC1}", self.refused(self.join_call(), NicUnavailable))
+            self.assert_home_as_before()
+            del self.host.links[squatter.index]
+
+    def test_a_record_from_before_indexes_still_goes_by_the_permanent_address(self) -> None:
+        """A claim a previous hostnic recorded (no interface index in it) is
+        restored after an upgrade: a copy of the MAC wearing the transit name
+        while the NIC is in its container is still not the NIC."""
+        src = self.join().src_name
+        self.host.dockerd_moves_in(src, SANDBOX, "192.168.7.10")
+        claim = self.core.state.claims[EP]
+        assert claim.original is not None
+        self.call(self.core.ledger.put_claim(claim, attrs.evolve(
+            claim, original=attrs.evolve(claim.original, index=None))))
+        self.core = self.new_core()  # the upgraded hostnic
+        copy = self.host.add(src, MAC1, mtu=1280)  # no permanent address
+        self.leave()
+        self.delete_endpoint()
+        self.assertEqual((copy.name, copy.mtu), (src, 1280))
+        self.assertEqual(self.durable().claims[EP].phase, Phase.RELEASING)
+
+    def test_a_virtual_nics_mac_on_another_device_is_not_the_nic(self) -> None:
+        # No permanent address on either: the index it was recorded with says.
+        virtual = self.host.add("ens5", MAC2, up=True)
+        self.create_network(NET2, hostnic_mac=MAC2)
+        self.create_endpoint(EP2, NET2)
+        self.host.add("hn" + EP2[:13], MAC2, up=True)
+        message = self.refused(self.core.join(Join.parse(join_body(EP2, NET2))), NicUnavailable)
+        self.assertIn(f"is not NIC {MAC2}", message)
+        self.assertEqual((virtual.name, virtual.up), ("ens5", True))
 
     def test_a_retried_join_proves_the_link_it_renamed(self) -> None:
         """A Join cut short after the rename is retried: the NIC wears the
@@ -361,11 +396,11 @@ class LostLeaveAndDeleteTests(LendingTestCase):
         until the namespace is gone, then given back (no restart needed)."""
         src = self.join().src_name
         self.host.dockerd_moves_in(src, SANDBOX, "192.168.7.10")
+        self.now += 3600  # the container runs for an hour
         self.host.dockerd_moves_back(MAC1, src)  # the container stops; its Leave is lost
         self.core.settle_all()  # its DeleteEndpoint came without a body
         self.assertEqual(self.core.state.claims[EP].phase, Phase.JOINED)
         self.host.live_namespaces.discard(SANDBOX)  # dockerd removes the namespace
-        self.now += 61
         self.reactor.advance(120)
         self.assertNotIn(EP, self.durable().claims)
         self.assert_home_as_before()

@@ -45,9 +45,10 @@ class RealHostContractTests(HostContract, NetnsTestCase):
         return link
 
     def nic(self, name: str, mtu: int = 1500, up: bool = False,
-            addresses: tuple[str, ...] = ()) -> LinkInfo:
-        ip("-n", self.ns, "link", "add", name, "mtu", str(mtu), "type", "veth", "peer", "name",
-           f"p{uuid.uuid4().hex[:8]}", "netns", self.sandbox)
+            addresses: tuple[str, ...] = (), mac: str | None = None) -> LinkInfo:
+        ip("-n", self.ns, "link", "add", name, *(("address", mac) if mac else ()), "mtu",
+           str(mtu), "type", "veth", "peer", "name", f"p{uuid.uuid4().hex[:8]}",
+           "netns", self.sandbox)
         for address in addresses:
             ip("-n", self.ns, "addr", "add", address, "dev", name)
         if up:
