@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import attrs
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
@@ -23,6 +24,7 @@ from hostnic.errors import (HostError, HostnicError, InvalidOption, NicUnavailab
 from hostnic.jsonrpc import INVALID_PARAMS, Dispatcher, Method, RPCError
 from hostnic.model import normalize_mac, valid_ifname
 from hostnic.text import quoted
+from hostnic.web import shielded
 
 MAX_BODY = 1 << 20
 ERROR_CODES: dict[type[HostnicError], int] = {
@@ -87,7 +89,10 @@ class AdminAPI:
                 b'this admin endpoint needs Authorization: Bearer <token>"}, "id": null}')
 
     @app.route("/rpc", methods=["POST"])
-    async def post_rpc(self, request: IRequest) -> bytes:
+    def post_rpc(self, request: IRequest) -> "Deferred[bytes]":
+        return shielded(self._post_rpc(request))
+
+    async def _post_rpc(self, request: IRequest) -> bytes:
         if not self.authorized(request):
             return self._deny(request)
         assert request.content is not None

@@ -75,7 +75,20 @@ class Daemon:
         await self.host.start()
         await self.core.start()
 
-    def stop(self) -> None:
+    async def stop(self, grace: float = 10.0) -> None:
+        """Let the work under way finish (at most ``grace`` seconds: what a
+        stop cuts short, a crash could too, and the state says how to go on),
+        then stop watching the host and close the store."""
+        self.core.retries.stop()
+        try:
+            await self.core.locks.idle().addTimeout(grace, self.ports.reactor)
+        except TimeoutError:
+            pass
+        finally:
+            self.halt()
+
+    def halt(self) -> None:
+        """Stop at once (as a crash would, but closing what is open)."""
         self.core.retries.stop()
         self.host.stop()
         self.store.close()

@@ -10,6 +10,7 @@ from typing import Any, Awaitable, Callable, Mapping
 
 import attrs
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
@@ -18,7 +19,7 @@ from hostnic.core import Core
 from hostnic.errors import BadRequest, HostnicError
 from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join, network_id_of
 from hostnic.text import capped, quoted
-from hostnic.web import NotJSON, dumps, loads
+from hostnic.web import NotJSON, dumps, loads, shielded
 
 MAX_BODY = 1 << 20  # dockerd's requests are a few KiB
 Handler = Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]
@@ -141,7 +142,10 @@ class DriverAPI:
         }
 
     @app.route("/", branch=True)
-    async def dispatch(self, request: IRequest) -> bytes:
+    def dispatch(self, request: IRequest) -> "Deferred[bytes]":
+        return shielded(self._dispatch(request))
+
+    async def _dispatch(self, request: IRequest) -> bytes:
         started = self.clock()
         method = request.path.decode("utf-8", "replace").strip("/")
         with telling() as story:

@@ -11,12 +11,13 @@ import contextlib
 from typing import AsyncIterator
 
 import attrs
-from twisted.internet.defer import DeferredLock
+from twisted.internet.defer import Deferred, DeferredLock, succeed
 
 
 @attrs.define
 class KeyedLocks:
     _locks: dict[str, DeferredLock] = attrs.field(factory=dict)
+    _idle: list["Deferred[None]"] = attrs.field(factory=list)
 
     @contextlib.asynccontextmanager
     async def hold(self, key: str) -> AsyncIterator[None]:
@@ -30,6 +31,18 @@ class KeyedLocks:
             lock.release()
             if not lock.locked and not lock.waiting and self._locks.get(key) is lock:
                 del self._locks[key]
+                if not self._locks:
+                    waiters, self._idle = self._idle, []
+                    for waiter in waiters:
+                        waiter.callback(None)
+
+    def idle(self) -> "Deferred[None]":
+        """Fires once no lock is held or waited for: no work is under way."""
+        if not self._locks:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle.append(waiter)
+        return waiter
 
     def busy(self, key: str) -> bool:
         return key in self._locks

@@ -30,7 +30,9 @@ from hostnic.hostlock import claim_host, describe_self
 from hostnic.journald import text_observer
 from hostnic import record, unixsock
 from hostnic.sdnotify import notify, watchdog_interval
+from hostnic.web import GuardedSite
 
+STOP_GRACE = 10.0  # seconds a stop waits for calls and work under way, each
 DEFAULT_SOCKET = "unix:/run/docker/plugins/hostnic.sock:mode=660:lockfile=1"
 DEFAULT_STATE_DIR = "/var/lib/hostnic"
 DEFAULT_ADMIN = "unix:/run/hostnic/admin.sock:mode=600:lockfile=1"
@@ -105,6 +107,7 @@ class HostnicService(service.Service):
     reactor: Any
     daemon: Daemon
     ports: list[IListeningPort] = attrs.field(factory=list)
+    sites: dict[str, GuardedSite] = attrs.field(factory=dict)
     watchdog: LoopingCall | None = None
     log = Logger()
 
@@ -118,7 +121,8 @@ class HostnicService(service.Service):
         # Listen at once: dockerd must never find the socket missing. Requests
         # that touch state wait inside the core for the reconciliation.
         listens = []
-        for name, site in self.daemon.sites().items():
+        self.sites = self.daemon.sites()
+        for name, site in self.sites.items():
             description = self.endpoints[name]
             unixsock.prepare(description)
             listening = server_endpoint(self.reactor, description).listen(site)
@@ -178,8 +182,20 @@ class HostnicService(service.Service):
         notify("STOPPING=1")
         if self.watchdog is not None and self.watchdog.running:
             self.watchdog.stop()
-        stopped = DeferredList([maybeDeferred(port.stopListening) for port in self.ports])
-        return stopped.addCallback(lambda _: self.daemon.stop())
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        """No new connection; the calls under way finish and are answered
+        (dockerd's keep-alive connections close between calls); then the
+        daemon's own work, then it stops. Each step is bounded in time."""
+        await DeferredList([maybeDeferred(port.stopListening) for port in self.ports])
+        drained = DeferredList([site.drain() for site in self.sites.values()])
+        try:
+            await drained.addTimeout(STOP_GRACE, self.reactor)
+        except TimeoutError:
+            self.log.warn("calls still under way after {grace:g}s: stopping anyway",
+                          grace=STOP_GRACE)
+        await self.daemon.stop(STOP_GRACE)
 
 
 def settle_garbage_collector() -> None:

@@ -12,15 +12,18 @@ wear down.
 - At most ``max_connections`` are open per endpoint; past that, new ones are
   closed at once, so the other endpoint (and the process's descriptors) stay
   available.
+- A call runs to its end even if its client hangs up (``shielded``), and a
+  stop lets the calls under way finish and be answered (``drain``).
 """
 
 from __future__ import annotations
 
 import io
 import json
-from typing import Any, Callable
+from typing import Any, Callable, Coroutine, TypeVar
 
 import attrs
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -32,6 +35,18 @@ from hostnic.text import capped
 
 log = Logger()
 Refusal = Callable[[int, str], bytes]  # (HTTP status, message) -> body
+T = TypeVar("T")
+
+
+def shielded(coroutine: Coroutine[Any, Any, T]) -> "Deferred[T]":
+    """Run a call's work to its end even when the caller cancels (Klein
+    cancels a route's Deferred when its client hangs up): a change half made
+    because a client left would be a crash hostnic did to itself. The cancel
+    only drops the answer."""
+    work = Deferred.fromCoroutine(coroutine)
+    answer: Deferred[T] = Deferred()  # no canceller: a cancel never reaches the work
+    work.chainDeferred(answer)
+    return answer
 
 
 class NotJSON(ValueError):
@@ -132,6 +147,7 @@ class GuardedChannel(http.HTTPChannel):
     def connectionMade(self) -> None:
         super().connectionMade()
         self.site.open_connections += 1
+        self.site.channels.add(self)
         self._start_deadline()
 
     def _start_deadline(self) -> None:
@@ -184,6 +200,8 @@ class GuardedChannel(http.HTTPChannel):
         super().allContentReceived()
 
     def requestDone(self, request: IRequest) -> None:
+        if self.site.draining:
+            self.persistent = False  # answered: now close
         super().requestDone(request)
         if self.persistent and self.transport is not None and not self.transport.disconnecting:
             self._start_deadline()
@@ -191,7 +209,14 @@ class GuardedChannel(http.HTTPChannel):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_deadline()
         self.site.open_connections -= 1
+        self.site.channels.discard(self)
         super().connectionLost(reason)
+        self.site.closed()
+
+    @property
+    def idle(self) -> bool:
+        """Between requests (a keep-alive connection waiting for the next)."""
+        return not self.requests
 
 
 class GuardedSite(server.Site):
@@ -208,6 +233,9 @@ class GuardedSite(server.Site):
         self.authorize = authorize
         self.open_connections = 0
         self.refused: dict[str, int] = {}
+        self.channels: set[GuardedChannel] = set()
+        self.draining = False
+        self._drained: list[Deferred[None]] = []
 
     def buildProtocol(self, addr: Any) -> Any:
         if self.open_connections >= self.limits.max_connections:
@@ -225,6 +253,29 @@ class GuardedSite(server.Site):
 
     def log(self, request: Any) -> None:
         pass  # the APIs log each call once, with its outcome
+
+    def drain(self) -> "Deferred[None]":
+        """Stop serving without cutting a call short: close the connections
+        waiting between requests at once (dockerd's next call then finds the
+        socket closed and connects again: with its body), and each other one
+        once its answer is sent. Fires when none is open."""
+        self.draining = True
+        for channel in list(self.channels):
+            if channel.idle:
+                channel.transport.loseConnection()
+            else:
+                channel.persistent = False
+        if not self.channels:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._drained.append(waiter)
+        return waiter
+
+    def closed(self) -> None:
+        if self.draining and not self.channels:
+            waiters, self._drained = self._drained, []
+            for waiter in waiters:
+                waiter.callback(None)
 
 
 def json_site(resource: IResource, refusal: Refusal, limits: Limits = Limits(),

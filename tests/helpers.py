@@ -80,8 +80,7 @@ class CoreTestCase(SynchronousTestCase):
         """The process dies: its timers, its link listener and its open files
         go with it; the disk and the kernel's links remain."""
         if self.daemon is not None:
-            self.daemon.core.retries.stop()
-            self.daemon.store.close()
+            self.daemon.halt()  # to the fake kernel, what a dead process leaves
             self.daemon = None
         self.host.detach()
 

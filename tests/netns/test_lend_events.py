@@ -35,7 +35,7 @@ class LateEventsTests(NetnsTestCase):
         daemon = build(Settings(self.mktemp()), Ports(
             reactor=FakeReactor(), host=NetlinkHost(monitor, run_now, run_now),
             run_in_thread=run_now))
-        self.addCleanup(daemon.stop)
+        self.addCleanup(daemon.halt)
         core = daemon.core
 
         def call(coroutine: Coroutine[Any, Any, Any]) -> Any:
