@@ -100,17 +100,33 @@ def connection(admin: str, timeout: float = 30, ca_file: str | None = None
                    f"tcp:PORT:interface=HOST or tcp:HOST:PORT")
 
 
+def answers(path: str) -> bool:
+    """Whether a unix socket accepts connections (a file left by a hostnic
+    that is gone does not)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(2)
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 def default_admin(run: str = "/run") -> str:
     """The .deb's admin socket, else the managed plugin's (one hostnic serves
-    a host, so there is one or none)."""
+    a host, so one of them answers, or none)."""
     legacy = os.path.join(run, "hostnic", "admin.sock")
-    if os.path.exists(legacy):
+    if answers(legacy):
         return legacy
-    plugins = sorted(glob.glob(os.path.join(run, "docker", "plugins", "*", PLUGIN_ADMIN)))
+    plugins = [path for path in sorted(glob.glob(os.path.join(run, "docker", "plugins", "*",
+                                                              PLUGIN_ADMIN)))
+               if answers(path)]
     if len(plugins) > 1:
-        raise CtlError(f"several managed hostnic plugins have an admin socket here "
+        raise CtlError(f"several managed hostnic plugins answer here "
                        f"({', '.join(plugins)}); choose one with --admin")
-    return plugins[0] if plugins else legacy
+    return plugins[0] if plugins else legacy  # none: the error names the usual one
 
 
 def call(admin: str, method: str, params: dict[str, Any] | None = None,

@@ -58,19 +58,38 @@ class CommandLineTests(SynchronousTestCase):
 
     def test_without_admin_the_debs_socket_else_a_managed_plugins(self) -> None:
         import os
-        run = self.mktemp()
-        self.assertEqual(ctl.default_admin(run), f"{run}/hostnic/admin.sock")  # none: says so
-        plugin = os.path.join(run, "docker", "plugins", "0f" * 32)
-        os.makedirs(plugin)
-        open(os.path.join(plugin, ctl.PLUGIN_ADMIN), "w").close()
-        self.assertEqual(ctl.default_admin(run), os.path.join(plugin, ctl.PLUGIN_ADMIN))
-        os.makedirs(os.path.join(run, "hostnic"))
-        open(os.path.join(run, "hostnic", "admin.sock"), "w").close()
-        self.assertEqual(ctl.default_admin(run), f"{run}/hostnic/admin.sock")
-        other = os.path.join(run, "docker", "plugins", "1e" * 32)
-        os.makedirs(other)
-        open(os.path.join(other, ctl.PLUGIN_ADMIN), "w").close()
-        os.unlink(os.path.join(run, "hostnic", "admin.sock"))
+        import shutil
+        import socket
+        import tempfile
+        run = tempfile.mkdtemp(prefix="hn")  # unix socket paths stop at 107 bytes
+        self.addCleanup(shutil.rmtree, run, True)
+        listening: list[socket.socket] = []
+
+        def serve(path: str) -> None:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            sock = socket.socket(socket.AF_UNIX)
+            sock.bind(path)
+            sock.listen(1)
+            listening.append(sock)
+            self.addCleanup(sock.close)
+
+        def stale(path: str) -> None:  # a socket file nobody accepts on
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            sock = socket.socket(socket.AF_UNIX)
+            sock.bind(path)
+            sock.close()
+
+        legacy = f"{run}/hostnic/admin.sock"
+        self.assertEqual(ctl.default_admin(run), legacy)  # none: the error names it
+        plugin = os.path.join(run, "docker", "plugins", "0f" * 8, ctl.PLUGIN_ADMIN)
+        serve(plugin)
+        stale(legacy)  # left by an older layout, or a stopped .deb service
+        self.assertEqual(ctl.default_admin(run), plugin)
+        os.unlink(legacy)
+        serve(legacy)
+        self.assertEqual(ctl.default_admin(run), legacy)
+        listening[-1].close()
+        serve(os.path.join(run, "docker", "plugins", "1e" * 8, ctl.PLUGIN_ADMIN))
         with self.assertRaises(ctl.CtlError) as caught:
             ctl.default_admin(run)
         self.assertIn("several managed hostnic plugins", str(caught.exception))

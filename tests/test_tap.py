@@ -114,6 +114,7 @@ class CompositionTests(SynchronousTestCase):
         self.patch(tap, "kernel_ports", lambda reactor, netns_dir: Ports(
             reactor=reactor, host=FakeHost(), run_in_thread=run_now))
         self.patch(tap, "bound_memory", lambda reactor: None)
+        self.patch(tap, "raise_descriptor_limit", lambda: None)
         options = tap.Options()
         options.parseOptions(["--state-dir", state_dir, "--socket", "unix:/nonexistent/d",
                               "--admin", "unix:/nonexistent/a"])
