@@ -88,9 +88,14 @@ def find_links(nic: NicRef, transit_name: str | None) -> list[LinkInfo]:
 
 def proven(nic: NicRef, links: list[LinkInfo], lent_index: int | None) -> LinkInfo | None:
     """Of the links that may be ``nic`` (by name or address), the one that
-    proves to be it (``NicRef.is_link``)."""
-    return next((link for link in links
-                 if nic.is_link(link.mac, link.perm, link.index, lent_index)), None)
+    proves to be it (``NicRef.is_link``). A lent virtual NIC that no link
+    proves to be by its index was renumbered by a namespace move (the one it
+    entered held that index): its MAC is all that is left to know it by."""
+    found = next((link for link in links
+                  if nic.is_link(link.mac, link.perm, link.index, lent_index)), None)
+    if found is None and nic.perm is None and lent_index is not None:
+        found = next((link for link in links if link.mac == nic.mac), None)
+    return found
 
 
 def uppers_of(links: list[LinkInfo], index: int) -> tuple[LinkInfo | None, list[LinkInfo]]:

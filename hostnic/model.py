@@ -73,8 +73,9 @@ class NicRef:
         address (a VLAN, a bridge or a macvlan can wear its MAC, and report
         none). One without (a virtual NIC) is, once lent, the link with the
         interface index it had then (a namespace move keeps it unless the
-        namespace it enters holds that index), else the link with its MAC.
-        A name proves nothing: any link may wear one."""
+        namespace it enters holds that index: ``host.proven`` then falls back
+        on the MAC), and before, the link with its MAC. A name proves
+        nothing: any link may wear one."""
         if self.perm is not None:
             return perm == self.perm
         if lent_index is not None:

@@ -150,12 +150,19 @@ class FakeHost:
         return any(l.name == name and l.where == "host" and l.index != but
                    for l in self.links.values())
 
-    def dockerd_moves_in(self, name: str, sandbox: str, address: str) -> FakeLink:
-        """What dockerd does after Join: move by name, rename ethN, configure."""
+    def dockerd_moves_in(self, name: str, sandbox: str, address: str,
+                         index_taken: bool = False) -> FakeLink:
+        """What dockerd does after Join: move by name, rename ethN, configure.
+        ``index_taken``: the container's namespace holds the link's interface
+        index already, so the kernel gives it a new one (kept on the way back)."""
         link = next(l for l in self.links.values() if l.name == name and l.where == "host")
         taken = {l.name for l in self.links.values() if l.where == sandbox}
         if name in taken:
             raise OSError(17, "File exists")
+        if index_taken:
+            del self.links[link.index]
+            link.index, self._next_index = self._next_index, self._next_index + 1
+            self.links[link.index] = link
         link.leaves_namespace()
         link.where, link.up, link.addresses = sandbox, True, [Address(V4, address, 24)]
         self.live_namespaces.add(sandbox)

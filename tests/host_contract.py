@@ -231,3 +231,10 @@ class HostContract(Mixin):
         self.assertEqual([u.name for u in self.done(self.host.uppers(ens.index))[1]], ["mv0"])
         self.inventory_ready()
         self.assertEqual([l.name for l in self.host.known(self.nic_of(late))], ["ens10"])
+
+    def test_a_virtual_nic_renumbered_by_a_namespace_move_is_known_by_its_mac(self) -> None:
+        ens = self.nic("ens9")
+        assert ens.mac is not None
+        # Its index when lent was another (a namespace it visited held it).
+        found = self.done(self.host.locate(self.nic_of(ens), "hnlent0", ens.index + 1000))
+        self.assertEqual(found.index if found else None, ens.index)

@@ -275,6 +275,20 @@ class IdentityTests(LendingTestCase):
         self.assertEqual((virtual.where, virtual.state()), ("host", before))  # the MAC too
         self.assertNotIn(EP2, self.core.state.claims)
 
+    def test_a_virtual_nic_renumbered_in_its_container_is_known_by_its_mac(self) -> None:
+        virtual = self.host.add("ens5", MAC2, mtu=1400, up=True)
+        before = attrs.evolve(virtual.state(), index=None)
+        self.create_network(NET2, hostnic_mac=MAC2)
+        self.create_endpoint(EP2, NET2)
+        src = self.join(EP2, NET2).src_name
+        inside = self.host.dockerd_moves_in(src, SANDBOX, "192.168.7.10", index_taken=True)
+        self.leave(EP2, NET2)
+        self.host.dockerd_moves_back(inside, src)
+        self.delete_endpoint(EP2, NET2)
+        self.assertEqual((virtual.where, attrs.evolve(virtual.state(), index=None)),
+                         ("host", before))
+        self.assertNotIn(EP2, self.core.state.claims)
+
     def test_a_kernel_returned_nic_with_a_changed_mac_is_known_by_its_permanent_address(
             self) -> None:
         src = self.join().src_name
