@@ -50,10 +50,11 @@ from hostnic.faults import POINTS
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 CTL = os.path.join(os.path.dirname(sys.executable), "hostnic-ctl")
-DROPPED = (OSError, http.client.HTTPException, ValueError)
+DROPPED = (OSError, http.client.HTTPException)  # the connection failed, not the answer
 BAD = ("lost_networks", "lost_claims", "nics_claimed_twice", "wrong_src_names",
        "absent_src_names", "nics_not_restored", "lost_nics", "leftover_claims",
-       "leftover_networks")
+       "leftover_networks", "unexpected_drops")
+RETRY_SECONDS = 60.0  # moby gives up on a plugin call after a while too
 
 
 class Refused(Exception):
@@ -90,7 +91,8 @@ class Soak:
             "bodyless_refusals": 0, "orphans_removed": 0, "compactions": 0,
             "lost_networks": 0, "lost_claims": 0, "nics_claimed_twice": 0,
             "wrong_src_names": 0, "absent_src_names": 0, "nics_not_restored": 0,
-            "lost_nics": 0}
+            "lost_nics": 0, "unexpected_drops": 0}
+        self.stops = threading.Lock()  # the stop timer's thread and ours
         self.killed_at: set[str] = set()
         self.sandboxes: list[str] = []
         self.acked_networks: set[str] = set()
@@ -153,15 +155,17 @@ class Soak:
                     break
                 point = next(self.crash_plan)
             env["HOSTNIC_CRASH_AT"] = point
-        self.proc = subprocess.Popen(
+        process = subprocess.Popen(
             ["ip", "netns", "exec", self.ns, TWISTD, "-n", "--pidfile=", "hostnic",
              "--socket", f"unix:{self.sock}:lockfile=1",
              "--admin", f"unix:{self.admin}:mode=600:lockfile=1",
              "--state-dir", self.state],
             env=env, stdout=open(os.path.join(self.work, "plugin.log"), "ab"),
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.crash_point = env.get("HOSTNIC_CRASH_AT")
-        self.stopping = ""
+        with self.stops:
+            self.proc = process
+            self.crash_point = env.get("HOSTNIC_CRASH_AT")
+            self.stopping = ""
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -220,9 +224,11 @@ class Soak:
 
     def call(self, method: str, body: Any) -> dict[str, Any]:
         """As moby's callWithRetry: a call whose connection failed is sent
-        again, with its body only if the first attempt never got to send it."""
+        again, with its body only if the first attempt never got to send it.
+        An answer, whatever it says, is final."""
         sent = body
-        for _ in range(200):
+        deadline = time.monotonic() + RETRY_SECONDS
+        while time.monotonic() < deadline:
             self.figures["calls"] += 1
             connection = UnixHTTPConnection(self.sock, 30)
             try:
@@ -235,17 +241,30 @@ class Soak:
                 try:
                     connection.request("POST", f"/NetworkDriver.{method}",
                                        body=b"" if sent is None else json.dumps(sent))
-                    answer: dict[str, Any] = json.loads(connection.getresponse().read())
-                    return answer
+                    raw = connection.getresponse().read()
                 except DROPPED:
                     self.figures["retries"] += 1
                     if sent is not None:
                         self.figures["bodyless_retries"] += 1
                     sent = None  # the buffer was drained: the retry has no body
-                    self.wait_or_reap()
+                    self.dropped(method)
+                    continue
+                answer: dict[str, Any] = json.loads(raw)  # not JSON: a failure
+                return answer
             finally:
                 connection.close()
-        raise RuntimeError(f"{method} never answered")
+        raise RuntimeError(f"{method} never answered in {RETRY_SECONDS:.0f} s")
+
+    def dropped(self, method: str) -> None:
+        """A connection dropped mid-call: hostnic must be going away (killed,
+        stopped, or at a crash point); a live one dropping it is a failure."""
+        deadline = time.monotonic() + 5
+        while self.alive() and not self.stopping and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if self.alive() and not self.stopping:
+            self.figures["unexpected_drops"] += 1
+            self.log.write(f"{method}: hostnic dropped the connection and lives on\n")
+        self.wait_or_reap()
 
     def wait_or_reap(self) -> None:
         if not self.alive():
@@ -253,25 +272,27 @@ class Soak:
         else:
             time.sleep(0.01)
 
+    def answered(self, method: str, body: Any) -> dict[str, Any] | None:
+        """The answer; None for a refusal for want of a body (what dockerd's
+        empty retry gets); any other refusal is a failure of the soak."""
+        answer = self.call(method, body)
+        if "Err" not in answer:
+            return answer
+        if "came without its body" not in answer["Err"]:
+            raise AssertionError(f"{method} refused: {answer['Err']}")
+        self.figures["bodyless_refusals"] += 1
+        return None
+
     def must(self, method: str, body: Any) -> dict[str, Any]:
         """A call whose refusal fails the docker command (Refused)."""
-        answer = self.call(method, body)
-        if "Err" in answer:
-            if "came without its body" not in answer["Err"]:
-                raise AssertionError(f"{method} refused: {answer['Err']}")
-            self.figures["bodyless_refusals"] += 1
-            raise Refused(answer["Err"])
+        answer = self.answered(method, body)
+        if answer is None:
+            raise Refused(method)
         return answer
 
     def ignored(self, method: str, body: Any) -> bool:
         """A call whose errors dockerd ignores; True if it was answered OK."""
-        answer = self.call(method, body)
-        if "Err" in answer:
-            if "came without its body" not in answer["Err"]:
-                raise AssertionError(f"{method} refused: {answer['Err']}")
-            self.figures["bodyless_refusals"] += 1
-            return False
-        return True
+        return self.answered(method, body) is not None
 
     # -- the operator, and the checks ----------------------------------------
 
@@ -431,13 +452,15 @@ class Soak:
         # DeleteEndpoint finds the endpoint joined.
         if n % 3 != 2:
             self.ignored("Leave", ref)
-        # Once dockerd said Leave (or moved the NIC home), hostnic may release
-        # the claim on its own at a restart: it is no longer owed.
-        self.acked_endpoints.discard(endpoint)
+            # dockerd said Leave: hostnic may release the claim on its own
+            # once the NIC is home (at a restart, say). It is no longer owed.
+            self.acked_endpoints.discard(endpoint)
         if named is not None:
             ip("-n", sandbox, "-batch", "-", batch=f"link set eth0 down\n"
                f"link set eth0 name {src}\nlink set {src} netns {self.ns}\n")
-        if self.ignored("DeleteEndpoint", ref):
+        deleted = self.ignored("DeleteEndpoint", ref)
+        self.acked_endpoints.discard(endpoint)
+        if deleted:
             self.check_home(mac)
         else:
             self.owed[mac] = endpoint  # given back in the background: see free_nic
@@ -451,15 +474,17 @@ class Soak:
 
     # -- the run -------------------------------------------------------------
 
-    def run(self, kills: int, lifecycles: int = 0, compactions: int = 0,
-            sigterm_share: float = 0.3) -> dict[str, int]:
+    def run(self, kills: int, lifecycles: int = 0, compactions: int = 0) -> dict[str, int]:
         """Until ``kills`` restarts (about 60% at crash points, the rest
-        random SIGKILLs and SIGTERMs), ``lifecycles`` lifecycles and
-        ``compactions`` compactions have all happened."""
+        SIGKILLs and SIGTERMs in turn at random instants, at least one
+        SIGTERM), ``lifecycles`` lifecycles and ``compactions`` compactions
+        have all happened."""
         self.at_points = max(len(POINTS), round(kills * 0.6))
         # A lifecycle makes about six records: a compaction every ~170.
         expected = max(lifecycles, compactions * 170, 1)
-        random_share = min(0.3, max(kills - self.at_points, 1) / expected)
+        # Twice the share: a stop timed past its lifecycle's end is not made.
+        random_share = min(0.3, 2 * max(kills - self.at_points, 1) / expected)
+        stops = 0
         self.start()
         self.wait_ready()
         first = self.generation()
@@ -468,18 +493,21 @@ class Soak:
         while (self.figures["kills"] + self.figures["sigterms"] < kills
                or self.figures["lifecycles"] < lifecycles
                or self.generation() - first < compactions
-               or self.killed_at != set(POINTS)) and n < limit:
+               or self.killed_at != set(POINTS)
+               or not self.figures["sigterms"]) and n < limit:
             timer = None
-            if self.rng.random() < random_share:
+            overdue = n >= expected and not self.figures["sigterms"]
+            if overdue or self.rng.random() < random_share:
                 armed = self.proc
-                how = "sigterm" if self.rng.random() < sigterm_share else "sigkill"
+                how = "sigterm" if overdue or stops % 2 else "sigkill"
+                stops += 1
 
                 def stop_now() -> None:
-                    if self.proc is armed and self.alive() and not self.stopping:
-                        self.stopping = how
-                        assert self.proc is not None
-                        self.proc.send_signal(
-                            signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+                    with self.stops:  # the process armed for, never its successor
+                        if self.proc is armed and armed.poll() is None and not self.stopping:
+                            self.stopping = how
+                            armed.send_signal(
+                                signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
                 timer = threading.Timer(self.rng.uniform(0, 0.08), stop_now)
                 timer.start()
             self.lifecycle(n)
@@ -534,12 +562,19 @@ def main() -> None:
     started = time.monotonic()
     try:
         figures = soak.run(args.kills, args.lifecycles, args.compactions)
+        tracebacks = soak.plugin_log().count("Traceback")
     finally:
         soak.close()
-    print(json.dumps({**figures, "seconds": round(time.monotonic() - started, 1),
+    print(json.dumps({**figures, "tracebacks_logged": tracebacks,
+                      "seconds": round(time.monotonic() - started, 1),
                       "crash_points_hit": sorted(soak.killed_at)}, indent=1))
-    if any(figures.get(k) for k in BAD) or soak.killed_at != set(POINTS):
-        raise SystemExit(1)
+    short = [f"{what} {done} < {asked}" for what, done, asked in (
+        ("restarts", figures["kills"] + figures["sigterms"], args.kills),
+        ("lifecycles", figures["lifecycles"], args.lifecycles),
+        ("compactions", figures["compactions"], args.compactions)) if done < asked]
+    bad = [k for k in BAD if figures.get(k)]
+    if bad or short or tracebacks or soak.killed_at != set(POINTS):
+        raise SystemExit(f"soak failed: {', '.join(bad + short) or 'tracebacks or crash points'}")
 
 
 if __name__ == "__main__":

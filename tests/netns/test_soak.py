@@ -28,6 +28,7 @@ class SoakTests(SynchronousTestCase):
         print(f"\nsoak: {figures}, crash points hit: {sorted(soak.killed_at)}")
         self.assertEqual(soak.killed_at, set(POINTS), log.getvalue())
         self.assertGreaterEqual(figures["compactions"], 3)
+        self.assertGreaterEqual(figures["kills"] + figures["sigterms"], 2 * len(POINTS))
         self.assertGreater(figures["sigterms"], 0)
         self.assertGreater(figures["bodyless_retries"], 0)
         for bad in BAD:
