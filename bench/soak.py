@@ -417,8 +417,8 @@ class Soak:
             try:
                 answer = self.must("Join", {**ref, "SandboxKey": f"/run/netns/{sandbox}"})
             except Refused:  # dockerd undoes the endpoint of a failed start
-                self.ignored("Leave", ref)
                 self.acked_endpoints.discard(endpoint)
+                self.ignored("Leave", ref)
                 if self.ignored("DeleteEndpoint", ref):
                     self.check_home(mac)
                 else:
@@ -450,23 +450,23 @@ class Soak:
                "addr add 10.9.0.10/24 dev eth0\nlink set eth0 up\n")
         # Now and then dockerd's Leave is lost (it ignores Leave's errors), so
         # DeleteEndpoint finds the endpoint joined.
+        # What dockerd asks to undo is no longer owed from the moment it asks
+        # (hostnic may finish it and lose only the answer): Leave (after
+        # which a restart may release the claim once the NIC is home), then
+        # DeleteEndpoint and DeleteNetwork.
         if n % 3 != 2:
-            self.ignored("Leave", ref)
-            # dockerd said Leave: hostnic may release the claim on its own
-            # once the NIC is home (at a restart, say). It is no longer owed.
             self.acked_endpoints.discard(endpoint)
+            self.ignored("Leave", ref)
         if named is not None:
             ip("-n", sandbox, "-batch", "-", batch=f"link set eth0 down\n"
                f"link set eth0 name {src}\nlink set {src} netns {self.ns}\n")
-        deleted = self.ignored("DeleteEndpoint", ref)
         self.acked_endpoints.discard(endpoint)
-        if deleted:
+        if self.ignored("DeleteEndpoint", ref):
             self.check_home(mac)
         else:
             self.owed[mac] = endpoint  # given back in the background: see free_nic
-        deleted = self.ignored("DeleteNetwork", {"NetworkID": network})
         self.acked_networks.discard(network)
-        if not deleted:  # dockerd forgot the network; hostnic may not have
+        if not self.ignored("DeleteNetwork", {"NetworkID": network}):  # dockerd forgot the network; hostnic may not have
             self.remove_orphans(network=network)
         ip("netns", "del", sandbox)
         self.sandboxes.remove(sandbox)
