@@ -22,6 +22,7 @@ from twisted.logger import Logger
 
 from hostnic import pools
 from hostnic.calls import CallLog, narrate, untold
+from hostnic.commands import ClaimNic, Claimed, DefineNetwork, EndpointKey, LendNic, Lent
 from hostnic.errors import HostnicError, NicUnavailable, UnknownObject
 from hostnic.faults import crashpoint
 from hostnic import guards
@@ -31,26 +32,9 @@ from hostnic.ledger import Ledger, Store
 from hostnic.lending import Lender, Released
 from hostnic.rtnl import LinkInfo
 from hostnic.locks import KeyedLocks
-from hostnic.model import Adopted, Claim, Network, NicRef, Phase, Route, State, transit_name
-from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join
+from hostnic.model import Adopted, Claim, Network, NicRef, Phase, State, transit_name
 from hostnic.retry import Retrier
 from hostnic.text import short
-
-
-@attrs.frozen
-class EndpointCreated:
-    mac: str
-    mac_given: bool  # dockerd already filled Interface.MacAddress
-    address4: str | None = None  # adopt mode: the NIC's own, for the fields dockerd left empty
-    address6: str | None = None
-
-
-@attrs.frozen
-class Lent:
-    src_name: str
-    gateway4: str | None
-    gateway6: str | None
-    routes: tuple[Route, ...] = ()  # adopt mode: the NIC's other routes
 
 
 def _differs(before: Adopted | None, after: Adopted) -> bool:
@@ -121,7 +105,7 @@ class Core:
 
     # -- networks ----------------------------------------------------------
 
-    async def create_network(self, request: CreateNetwork) -> None:
+    async def define_network(self, request: DefineNetwork) -> None:
         await self.ready()
         network_id = request.network_id
         async with self.locks.hold("net:" + network_id):
@@ -173,7 +157,7 @@ class Core:
                           "not carried into containers: {addresses}", nic=self._label(nic),
                           addresses=", ".join(map(str, adopted.not_carried)))
 
-    async def _resolve_pool(self, request: CreateNetwork) -> list[tuple[NicRef, LinkInfo]]:
+    async def _resolve_pool(self, request: DefineNetwork) -> list[tuple[NicRef, LinkInfo]]:
         """The NICs a request names, each found and checked on the host."""
         links: list[LinkInfo] = []
         for mac in request.macs:
@@ -220,7 +204,7 @@ class Core:
                 "namespace dies without dockerd, the kernel deletes it instead of "
                 "giving it back", mac=nic.mac, name=link.name, kind=link.kind)
 
-    async def delete_network(self, network_id: str) -> None:
+    async def drop_network(self, network_id: str) -> None:
         await self.ready()
         async with self.locks.hold("net:" + network_id):
             network = self.state.networks.get(network_id)
@@ -250,17 +234,17 @@ class Core:
 
     # -- endpoints ---------------------------------------------------------
 
-    async def create_endpoint(self, request: CreateEndpoint) -> EndpointCreated:
+    async def claim(self, request: ClaimNic) -> Claimed:
         """Claim a NIC of the network's pool for the endpoint."""
         await self.ready()
-        ref = request.ref
+        ref = request.endpoint
         async with self.locks.hold("ep:" + ref.endpoint_id):
             held = self.state.claims.get(ref.endpoint_id)
             if held is not None:
                 if held.network_id != ref.network_id:
                     raise HostnicError(f"endpoint {short(ref.endpoint_id)} already exists "
                                        f"in another network")
-                return self._created(held, request)  # a retry: the same answer
+                return self._claimed(held)  # a retry: the same answer
             network = self._network(ref.network_id)
             twin = next((c for c in self.state.claims.values()
                          if c.transit_name == transit_name(ref.endpoint_id)), None)
@@ -280,18 +264,16 @@ class Core:
             if network.adopt:
                 claim = await self._adopt(network, claim)
         narrate(f"endpoint {short(ref.endpoint_id)} claimed NIC {self._label(nic)}")
-        return self._created(claim, request)
+        return self._claimed(claim)
 
-    def _created(self, claim: Claim, request: CreateEndpoint) -> EndpointCreated:
+    def _claimed(self, claim: Claim) -> Claimed:
         network = self.state.networks.get(claim.network_id)
         adopted = claim.adopted
         if adopted is None or network is None or not network.adopt:
-            return EndpointCreated(claim.mac, request.interface_has_mac)
+            return Claimed(claim.mac)
         four, six = adopted.address4, adopted.address6
-        return EndpointCreated(
-            claim.mac, request.interface_has_mac,
-            address4=four.cidr if four and not request.interface_has_address else None,
-            address6=six.cidr if six and not request.interface_has_address6 else None)
+        return Claimed(claim.mac, address4=four.cidr if four else None,
+                       address6=six.cidr if six else None)
 
     async def _adopt(self, network: Network, claim: Claim) -> Claim:
         """Read the claimed NIC's configuration now (it is home and was not
@@ -317,16 +299,16 @@ class Core:
                 held, adopted={**held.adopted, claim.mac: adopted}))
         return adopted_claim
 
-    def _claim_in(self, ref: EndpointRef) -> Claim:
+    def _claim_in(self, ref: EndpointKey) -> Claim:
         claim = self.state.claims.get(ref.endpoint_id)
         if claim is None or claim.network_id != ref.network_id:
             raise UnknownObject(f"hostnic holds no endpoint {short(ref.endpoint_id)} "
                                 f"in network {short(ref.network_id)}")
         return claim
 
-    async def join(self, request: Join) -> Lent:
+    async def lend(self, request: LendNic) -> Lent:
         await self.ready()
-        ref = request.ref
+        ref = request.endpoint
         async with self.locks.hold("ep:" + ref.endpoint_id):
             claim = self._claim_in(ref)
             async with self.locks.hold("nic:" + claim.nic.key):
@@ -338,7 +320,7 @@ class Core:
         return Lent(claim.transit_name, network.gateway4 if network else None,
                     network.gateway6 if network else None)
 
-    async def leave(self, ref: EndpointRef) -> None:
+    async def leave(self, ref: EndpointKey) -> None:
         await self.ready()
         async with self.locks.hold("ep:" + ref.endpoint_id):
             claim = self.state.claims.get(ref.endpoint_id)
@@ -347,7 +329,9 @@ class Core:
             async with self.locks.hold("nic:" + claim.nic.key):
                 await self.lender.leave(ref.endpoint_id)
 
-    async def delete_endpoint(self, ref: EndpointRef) -> None:
+    async def give_back(self, ref: EndpointKey) -> None:
+        """The endpoint is gone: restore its NIC as recorded and drop the claim
+        (or note durably to do so once the NIC is home)."""
         await self.ready()
         async with self.locks.hold("ep:" + ref.endpoint_id):
             claim = self.state.claims.get(ref.endpoint_id)
@@ -364,12 +348,12 @@ class Core:
                 raise
         self.retries.succeeded("ep:" + ref.endpoint_id)
 
-    async def _retry_delete(self, ref: EndpointRef) -> None:
+    async def _retry_delete(self, ref: EndpointKey) -> None:
         self.log.info("retrying the delete of endpoint {endpoint}",
                       endpoint=short(ref.endpoint_id))
-        await self.delete_endpoint(ref)
+        await self.give_back(ref)
 
-    def endpoint(self, ref: EndpointRef) -> Claim | None:
+    def claim_of(self, ref: EndpointKey) -> Claim | None:
         return self.state.claims.get(ref.endpoint_id)
 
     async def release(self, mac: str) -> Released:

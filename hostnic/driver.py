@@ -17,7 +17,8 @@ from twisted.web.iweb import IRequest
 from hostnic.calls import CallLog, telling
 from hostnic.core import Core
 from hostnic.errors import BadRequest, HostnicError
-from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join, network_id_of
+from hostnic.protocol import (CreateEndpoint, define_network, endpoint_key, lend_nic,
+                              network_id_of)
 from hostnic.text import capped, quoted
 from hostnic.web import NotJSON, dumps, loads, shielded
 
@@ -65,36 +66,38 @@ class DriverAPI:
             return {"SkipIPv4": True, "SkipIPv6": True}
 
         async def create_network(body: Mapping[str, Any]) -> dict[str, Any]:
-            await core.create_network(CreateNetwork.parse(body))
+            await core.define_network(define_network(body))
             return {}
 
         async def delete_network(body: Mapping[str, Any]) -> dict[str, Any]:
-            await core.delete_network(network_id_of(body))
+            await core.drop_network(network_id_of(body))
             return {}
 
         async def create_endpoint(body: Mapping[str, Any]) -> dict[str, Any]:
-            created = await core.create_endpoint(CreateEndpoint.parse(body))
-            # Returning a field dockerd filled, even unchanged, fails the endpoint.
-            interface = {} if created.mac_given else {"MacAddress": created.mac}
-            if created.address4:
-                interface["Address"] = created.address4
-            if created.address6:
-                interface["AddressIPv6"] = created.address6
+            request = CreateEndpoint.parse(body)
+            claimed = await core.claim(request.command)
+            # Returning a field dockerd filled, even unchanged, fails the endpoint;
+            # adopt mode answers the NIC's own addresses for those it left empty.
+            interface = {} if request.interface_has_mac else {"MacAddress": claimed.mac}
+            if claimed.address4 and not request.interface_has_address:
+                interface["Address"] = claimed.address4
+            if claimed.address6 and not request.interface_has_address6:
+                interface["AddressIPv6"] = claimed.address6
             return {"Interface": interface} if interface else {}
 
         async def delete_endpoint(body: Mapping[str, Any]) -> dict[str, Any]:
-            await core.delete_endpoint(EndpointRef.parse(body))
+            await core.give_back(endpoint_key(body))
             return {}
 
         async def oper_info(body: Mapping[str, Any]) -> dict[str, Any]:
-            claim = core.endpoint(EndpointRef.parse(body))
+            claim = core.claim_of(endpoint_key(body))
             if claim is None:
                 return {"Value": {}}
             return {"Value": {"hostnic_mac": claim.mac, "phase": claim.phase.value,
                               "host_name": claim.original.name if claim.original else None}}
 
         async def join(body: Mapping[str, Any]) -> dict[str, Any]:
-            lent = await core.join(Join.parse(body))
+            lent = await core.lend(lend_nic(body))
             answer: dict[str, Any] = {
                 "InterfaceName": {"SrcName": lent.src_name, "DstPrefix": "eth"},
                 # Without this dockerd adds a NAT'd second NIC: a path around the tenant NIC.
@@ -113,7 +116,7 @@ class DriverAPI:
             return answer
 
         async def leave(body: Mapping[str, Any]) -> dict[str, Any]:
-            await core.leave(EndpointRef.parse(body))
+            await core.leave(endpoint_key(body))
             return {}
 
         async def nothing(body: Mapping[str, Any]) -> dict[str, Any]:

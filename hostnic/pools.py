@@ -7,7 +7,7 @@ from typing import Callable, Mapping
 
 from hostnic.errors import NicUnavailable, PoolExhausted
 from hostnic.model import Network, NicRef, State
-from hostnic.protocol import CreateNetwork
+from hostnic.commands import DefineNetwork
 from hostnic.text import quoted, short
 
 Label = Callable[[NicRef], str]
@@ -59,7 +59,7 @@ def choose(state: State, network: Network, pinned: str | None,
     return home[0]
 
 
-def difference(held: Network, request: CreateNetwork) -> str | None:
+def difference(held: Network, request: DefineNetwork) -> str | None:
     """What a CreateNetwork for a held network id asks differently (None: it is
     the same request again, as dockerd retries it after a lost answer)."""
     differences = []

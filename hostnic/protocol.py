@@ -1,4 +1,5 @@
-"""Typed requests of the libnetwork remote driver API, parsed from JSON bodies.
+"""The libnetwork remote driver API's requests, parsed from their JSON bodies
+into the core's commands (``hostnic.commands``).
 
 Parsing is strict about shapes and lenient only where dockerd is (``Options``
 may be null). Every failure is a BadRequest or InvalidOption whose message
@@ -13,6 +14,7 @@ from typing import Any, Mapping
 import attrs
 import netaddr
 
+from hostnic.commands import ClaimNic, DefineNetwork, EndpointKey, LendNic
 from hostnic.errors import BadRequest, InvalidOption
 from hostnic.model import normalize_mac, valid_ifname
 from hostnic.text import quoted
@@ -100,79 +102,64 @@ def _ip_data(body: Mapping[str, Any], name: str) -> list[IPData]:
     return parsed
 
 
-@attrs.frozen
-class CreateNetwork:
-    network_id: str
-    macs: tuple[str, ...]
-    names: tuple[str, ...]
-    gateway4: str | None
-    gateway6: str | None
-    subnets: tuple[str, ...]
-    options: Mapping[str, str]
-    adopt: bool = False  # --ipam-driver null: each NIC's own configuration
-    ipv6: bool = False  # --ipv6
-
-    @classmethod
-    def parse(cls, body: Mapping[str, Any]) -> CreateNetwork:
-        network_id = _id(body, "NetworkID")
-        options = _field(body, "Options", dict, required=False) or {}
-        generic = _string_map(options.get(GENERIC), f"Options[{GENERIC}]")
-        unknown = sorted(k for k in generic if k not in NETWORK_OPTIONS)
-        if unknown:
-            raise InvalidOption(
-                f"hostnic does not know the option{'s' if len(unknown) > 1 else ''} "
-                f"{_names(unknown)}; it takes {OPT_MAC}=MAC[,MAC...] and/or "
-                f"{OPT_NAME}=IFNAME[,IFNAME...]")
-        macs = tuple(normalize_mac(m) for m in _split(generic.get(OPT_MAC, "")))
-        names = tuple(_split(generic.get(OPT_NAME, "")))
-        for name in names:
-            if not valid_ifname(name):
-                raise InvalidOption(f"{OPT_NAME} {quoted(name)} is not an interface name")
-        if not macs and not names:
-            raise InvalidOption(
-                f"hostnic needs the NIC to hand out: give -o {OPT_MAC}=MAC "
-                f"or -o {OPT_NAME}=IFNAME (several may be comma-separated)")
-        v4 = _ip_data(body, "IPv4Data")
-        v6 = _ip_data(body, "IPv6Data")
-        # dockerd 20.10 and 26.1 send [{"AddressSpace": "null", "Pool": "0.0.0.0/0"}]
-        # for --ipam-driver null: no addresses of Docker's, the NIC's own instead.
-        adopt = any(d.space == "null" for d in v4 + v6)
-        # dockerd refuses --ipv6 with the null IPAM driver ("does not handle
-        # IPv6 address pool requests"): adopt mode carries the NIC's IPv6
-        # address whenever the NIC has one.
-        ipv6 = adopt or options.get("com.docker.network.enable_ipv6") is True
-        return cls(
-            network_id=network_id,
-            macs=tuple(dict.fromkeys(macs)),
-            names=tuple(dict.fromkeys(names)),
-            gateway4=None if adopt else next((d.gateway for d in v4 if d.gateway), None),
-            gateway6=None if adopt else next((d.gateway for d in v6 if d.gateway), None),
-            subnets=() if adopt else tuple(d.pool for d in v4 + v6 if d.pool),
-            options=generic, adopt=adopt,
-            ipv6=ipv6)
+def define_network(body: Mapping[str, Any]) -> DefineNetwork:
+    """CreateNetwork."""
+    network_id = _id(body, "NetworkID")
+    options = _field(body, "Options", dict, required=False) or {}
+    generic = _string_map(options.get(GENERIC), f"Options[{GENERIC}]")
+    unknown = sorted(k for k in generic if k not in NETWORK_OPTIONS)
+    if unknown:
+        raise InvalidOption(
+            f"hostnic does not know the option{'s' if len(unknown) > 1 else ''} "
+            f"{_names(unknown)}; it takes {OPT_MAC}=MAC[,MAC...] and/or "
+            f"{OPT_NAME}=IFNAME[,IFNAME...]")
+    macs = tuple(normalize_mac(m) for m in _split(generic.get(OPT_MAC, "")))
+    names = tuple(_split(generic.get(OPT_NAME, "")))
+    for name in names:
+        if not valid_ifname(name):
+            raise InvalidOption(f"{OPT_NAME} {quoted(name)} is not an interface name")
+    if not macs and not names:
+        raise InvalidOption(
+            f"hostnic needs the NIC to hand out: give -o {OPT_MAC}=MAC "
+            f"or -o {OPT_NAME}=IFNAME (several may be comma-separated)")
+    v4 = _ip_data(body, "IPv4Data")
+    v6 = _ip_data(body, "IPv6Data")
+    # dockerd 20.10 and 26.1 send [{"AddressSpace": "null", "Pool": "0.0.0.0/0"}]
+    # for --ipam-driver null: no addresses of Docker's, the NIC's own instead.
+    adopt = any(d.space == "null" for d in v4 + v6)
+    # dockerd refuses --ipv6 with the null IPAM driver ("does not handle
+    # IPv6 address pool requests"): adopt mode carries the NIC's IPv6
+    # address whenever the NIC has one.
+    ipv6 = adopt or options.get("com.docker.network.enable_ipv6") is True
+    return DefineNetwork(
+        network_id=network_id,
+        macs=tuple(dict.fromkeys(macs)),
+        names=tuple(dict.fromkeys(names)),
+        gateway4=None if adopt else next((d.gateway for d in v4 if d.gateway), None),
+        gateway6=None if adopt else next((d.gateway for d in v6 if d.gateway), None),
+        subnets=() if adopt else tuple(d.pool for d in v4 + v6 if d.pool),
+        options=generic, adopt=adopt, ipv6=ipv6)
 
 
-@attrs.frozen
-class EndpointRef:
-    network_id: str
-    endpoint_id: str
-
-    @classmethod
-    def parse(cls, body: Mapping[str, Any]) -> EndpointRef:
-        return cls(network_id=_id(body, "NetworkID"), endpoint_id=_id(body, "EndpointID"))
+def endpoint_key(body: Mapping[str, Any]) -> EndpointKey:
+    """DeleteEndpoint, Leave, EndpointOperInfo."""
+    return EndpointKey(network_id=_id(body, "NetworkID"), endpoint_id=_id(body, "EndpointID"))
 
 
 @attrs.frozen
 class CreateEndpoint:
-    ref: EndpointRef
-    pinned_mac: str | None
+    """CreateEndpoint: the core's command, and which of the fields the answer
+    could fill dockerd filled already (answering one of those, even unchanged,
+    fails the endpoint)."""
+
+    command: ClaimNic
     interface_has_mac: bool
     interface_has_address: bool = True  # dockerd's IPAM gave one: never answer one
     interface_has_address6: bool = True
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> CreateEndpoint:
-        ref = EndpointRef.parse(body)
+        key = endpoint_key(body)
         interface = _field(body, "Interface", dict, required=False) or {}
         options = _field(body, "Options", dict, required=False) or {}
         # dockerd puts its own keys in endpoint Options; only ours are checked.
@@ -195,19 +182,13 @@ class CreateEndpoint:
             pinned = mac
         address = _field(interface, "Address", str, required=False) or ""
         address6 = _field(interface, "AddressIPv6", str, required=False) or ""
-        return cls(ref=ref, pinned_mac=pinned, interface_has_mac=bool(requested_mac),
+        return cls(command=ClaimNic(key, pinned), interface_has_mac=bool(requested_mac),
                    interface_has_address=bool(address), interface_has_address6=bool(address6))
 
 
-@attrs.frozen
-class Join:
-    ref: EndpointRef
-    sandbox_key: str | None
-
-    @classmethod
-    def parse(cls, body: Mapping[str, Any]) -> Join:
-        return cls(ref=EndpointRef.parse(body),
-                   sandbox_key=_field(body, "SandboxKey", str, required=False))
+def lend_nic(body: Mapping[str, Any]) -> LendNic:
+    """Join."""
+    return LendNic(endpoint_key(body), _field(body, "SandboxKey", str, required=False))
 
 
 def _names(keys: list[str]) -> str:

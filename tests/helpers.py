@@ -11,9 +11,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from hostnic.compose import Daemon, Ports, Settings, build
-from hostnic.core import Core, EndpointCreated, Lent
+from hostnic.commands import ClaimNic, Claimed, EndpointKey, Lent
+from hostnic.core import Core
 from hostnic.model import State
-from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join
+from hostnic.protocol import CreateEndpoint, define_network, lend_nic
 from hostnic.statefile import encode
 from hostnic.store import COMPACT_EVERY, StateStore
 from tests.fakes import FakeHost, FakeLink, FaultyFileSystem, Threads, run_now
@@ -46,6 +47,11 @@ def endpoint_body(endpoint_id: str = EP, network_id: str = NET, mac: str = "",
 def join_body(endpoint_id: str = EP, network_id: str = NET,
               sandbox: str = SANDBOX) -> dict[str, Any]:
     return {"NetworkID": network_id, "EndpointID": endpoint_id, "SandboxKey": sandbox}
+
+
+def claim_request(body: dict[str, Any]) -> ClaimNic:
+    """The core's command for a CreateEndpoint body, as the driver makes it."""
+    return CreateEndpoint.parse(body).command
 
 
 class CoreTestCase(SynchronousTestCase):
@@ -133,18 +139,18 @@ class CoreTestCase(SynchronousTestCase):
 
     # shorthand for driver-shaped calls into the core
     def create_network(self, network_id: str = NET, **generic: str) -> None:
-        self.call(self.core.create_network(CreateNetwork.parse(network_body(network_id, **generic))))
+        self.call(self.core.define_network(define_network(network_body(network_id, **generic))))
 
     def create_endpoint(self, endpoint_id: str = EP, network_id: str = NET, mac: str = "",
-                        **options: str) -> EndpointCreated:
-        return self.call(self.core.create_endpoint(CreateEndpoint.parse(
+                        **options: str) -> Claimed:
+        return self.call(self.core.claim(claim_request(
             endpoint_body(endpoint_id, network_id, mac, **options))))
 
     def join(self, endpoint_id: str = EP, network_id: str = NET) -> Lent:
-        return self.call(self.core.join(Join.parse(join_body(endpoint_id, network_id))))
+        return self.call(self.core.lend(lend_nic(join_body(endpoint_id, network_id))))
 
     def leave(self, endpoint_id: str = EP, network_id: str = NET) -> None:
-        self.call(self.core.leave(EndpointRef(network_id, endpoint_id)))
+        self.call(self.core.leave(EndpointKey(network_id, endpoint_id)))
 
     def delete_endpoint(self, endpoint_id: str = EP, network_id: str = NET) -> None:
-        self.call(self.core.delete_endpoint(EndpointRef(network_id, endpoint_id)))
+        self.call(self.core.give_back(EndpointKey(network_id, endpoint_id)))

@@ -9,7 +9,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from hostnic.errors import NicUnavailable
 from hostnic.model import Address, Route
-from hostnic.protocol import CreateEndpoint, CreateNetwork, Join
+from hostnic.protocol import define_network, lend_nic
+from tests.helpers import claim_request
 from hostnic.record import adoption
 from tests.fakes import V4, V6
 from tests.helpers import EP, EP2, MAC1, MAC2, NET, NET2, SANDBOX, CoreTestCase, endpoint_body
@@ -45,11 +46,11 @@ class AdoptTestCase(CoreTestCase):
                     Route(V4, None, 0, "10.20.0.2", table=100)])  # policy table
 
     def create(self, ipv6: bool = True) -> None:
-        self.call(self.core.create_network(CreateNetwork.parse(
+        self.call(self.core.define_network(define_network(
             adopt_body(ipv6=ipv6, hostnic_name="ens5"))))
 
     def create_endpoint_answer(self, endpoint_id: str = EP) -> Any:
-        return self.call(self.core.create_endpoint(CreateEndpoint.parse(
+        return self.call(self.core.claim(claim_request(
             null_ipam_endpoint(endpoint_id))))
 
 
@@ -117,22 +118,33 @@ class AdoptModeTests(AdoptTestCase):
     def test_a_nic_with_nothing_to_adopt_is_refused_at_endpoint_creation(self) -> None:
         self.nic.addresses = [Address(V6, "fe80::7", 64, scope=253)]
         self.create()  # accepted: its DHCP client may not be done yet
-        message = self.refused(self.core.create_endpoint(CreateEndpoint.parse(
+        message = self.refused(self.core.claim(claim_request(
             null_ipam_endpoint())), NicUnavailable)
         self.assertIn("has no global address to adopt", message)
         self.assertEqual(self.durable().claims, {})
 
     def test_a_retried_create_for_docker_ipam_is_a_different_network(self) -> None:
         self.create()
-        message = self.refused(self.core.create_network(CreateNetwork.parse(
+        message = self.refused(self.core.define_network(define_network(
             {**adopt_body(hostnic_name="ens5"), "IPv4Data": [
                 {"Pool": "10.20.0.0/24", "Gateway": "10.20.0.1/24"}]})))
         self.assertIn("adopt mode (--ipam-driver null) not asked", message)
 
     def test_dockerds_own_addresses_are_never_answered_again(self) -> None:
+        """The core answers the NIC's own addresses; the driver answers only
+        those dockerd left empty (returning a field it filled fails the
+        endpoint)."""
+        import json
+        from treq.testing import StubTreq
         self.create()
-        created = self.call(self.core.create_endpoint(CreateEndpoint.parse(endpoint_body())))
-        self.assertEqual((created.address4, created.address6), (None, "fd20::7/64"))
+        assert self.daemon is not None
+        body = endpoint_body()  # dockerd gave an IPv4 address, no IPv6 and no MAC
+        response = self.successResultOf(StubTreq(self.daemon.driver.app.resource()).post(
+            "http://plugin/NetworkDriver.CreateEndpoint", data=json.dumps(body).encode()))
+        answer = json.loads(self.successResultOf(response.content()))
+        claimed = self.core.state.claims[EP]
+        self.assertEqual(answer, {"Interface": {"MacAddress": claimed.mac,
+                                                "AddressIPv6": "fd20::7/64"}})
 
 
 class ManagementGuardTests(AdoptTestCase):
@@ -141,7 +153,7 @@ class ManagementGuardTests(AdoptTestCase):
         self.host.default_route_indexes.add(mgmt.index)  # the host's best default
         self.create()  # ens5's defaults (metric 200, table 100) do not stop it
         self.assertIn("carries the host's default route", self.refused(
-            self.core.create_network(CreateNetwork.parse(adopt_body(NET2, hostnic_name="ens3")))))
+            self.core.define_network(define_network(adopt_body(NET2, hostnic_name="ens3")))))
 
 
 class GiveBackEverythingTests(CoreTestCase):
@@ -199,7 +211,7 @@ class GuardTests(CoreTestCase):
     def test_a_bridge_port_is_refused(self) -> None:
         bridge = self.host.add("br0", "02:00:00:00:00:b0", kind="bridge")
         self.host.add("ens5", MAC1, master=bridge.index)
-        message = self.refused(self.core.create_network(CreateNetwork.parse(
+        message = self.refused(self.core.define_network(define_network(
             adopt_body(hostnic_name="ens5"))), NicUnavailable)
         self.assertEqual(message, f"NIC {MAC1} (ens5) is a port of bridge br0; lending it "
                                   f"would cut br0 off")
@@ -213,18 +225,18 @@ class GuardTests(CoreTestCase):
         self.host.add("ens6.7", MAC2, kind="vlan", link=nic.index)
         for mac, expected in ((MAC1, "(ens5) is a port of bridge br0"),
                               (MAC2, "(ens6) carries vlan ens6.7")):
-            self.assertIn(expected, self.refused(self.core.create_network(CreateNetwork.parse(
+            self.assertIn(expected, self.refused(self.core.define_network(define_network(
                 adopt_body(hostnic_mac=mac))), NicUnavailable))
         self.host.add("ens7", "02:00:00:00:00:e0")
         self.host.add("ens8", "02:00:00:00:00:e0")  # unrelated: no NIC to name
         self.assertIn("is carried by several interfaces (ens7, ens8)", self.refused(
-            self.core.create_network(CreateNetwork.parse(
+            self.core.define_network(define_network(
                 adopt_body(hostnic_mac="02:00:00:00:00:e0"))), NicUnavailable))
 
     def test_a_nic_with_a_macvlan_on_top_is_refused(self) -> None:
         nic = self.host.add("ens5", MAC1)
         self.host.add("mv0", "02:00:00:00:00:c0", kind="macvlan", link=nic.index)
-        message = self.refused(self.core.create_network(CreateNetwork.parse(
+        message = self.refused(self.core.define_network(define_network(
             adopt_body(hostnic_name="ens5"))), NicUnavailable)
         self.assertEqual(message, f"NIC {MAC1} (ens5) carries macvlan mv0; lending it would "
                                   f"cut them off")
@@ -236,6 +248,6 @@ class GuardTests(CoreTestCase):
         bond = self.host.add("bond0", "02:00:00:00:00:d0", kind="bond")
         nic.master = bond.index
         self.assertIn("is a port of bond bond0", self.refused(
-            self.core.join(Join.parse({"NetworkID": NET, "EndpointID": EP,
+            self.core.lend(lend_nic({"NetworkID": NET, "EndpointID": EP,
                                        "SandboxKey": SANDBOX}))))
         self.assertEqual((nic.name, nic.up), ("ens5", True))

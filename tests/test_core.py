@@ -8,7 +8,9 @@ from twisted.logger import globalLogPublisher
 
 from hostnic.errors import HostnicError, PoolExhausted, StoreError
 from hostnic.model import Address, Phase
-from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join
+from hostnic.commands import EndpointKey, LendNic
+from hostnic.protocol import define_network
+from tests.helpers import claim_request
 from tests.sched import Scheduler, gated
 from tests.fakes import run_now
 from tests.helpers import (EP, EP2, EP3, MAC1, MAC2, MAC3, NET, NET2, SANDBOX, CoreTestCase,
@@ -30,45 +32,45 @@ class CreateNetworkTests(CoreTestCase):
 
     def test_same_nic_in_another_notation_is_refused(self) -> None:
         self.create_network(hostnic_mac=MAC1)
-        message = self.refused(self.core.create_network(
-            CreateNetwork.parse(network_body(NET2, hostnic_mac="5254.00e1.d9e1"))))
+        message = self.refused(self.core.define_network(
+            define_network(network_body(NET2, hostnic_mac="5254.00e1.d9e1"))))
         self.assertEqual(message, f"NIC {MAC1} (ens4) is already in hostnic network "
                                   f"{NET[:12]}; a NIC can serve one network only")
         self.assertEqual(list(self.core.state.networks), [NET])
 
     def test_name_resolving_to_a_pooled_mac_is_refused(self) -> None:
         self.create_network(hostnic_mac=MAC1)
-        message = self.refused(self.core.create_network(
-            CreateNetwork.parse(network_body(NET2, hostnic_name="ens4"))))
+        message = self.refused(self.core.define_network(
+            define_network(network_body(NET2, hostnic_name="ens4"))))
         self.assertIn("already in hostnic network", message)
 
     def test_unknown_name_and_absent_mac(self) -> None:
         self.assertEqual(
-            self.refused(self.core.create_network(
-                CreateNetwork.parse(network_body(hostnic_name="nope0")))),
+            self.refused(self.core.define_network(
+                define_network(network_body(hostnic_name="nope0")))),
             "there is no interface nope0 in the host network namespace")
         self.assertEqual(
-            self.refused(self.core.create_network(
-                CreateNetwork.parse(network_body(hostnic_mac="02:00:00:00:00:99")))),
+            self.refused(self.core.define_network(
+                define_network(network_body(hostnic_mac="02:00:00:00:00:99")))),
             "there is no NIC with MAC 02:00:00:00:00:99 in the host network namespace")
         self.assertEqual(self.core.state.networks, {})
 
     def test_loopback_and_default_route_are_refused(self) -> None:
         self.host.add("lo", "00:00:00:00:00:00", loopback=True)
         self.assertEqual(
-            self.refused(self.core.create_network(
-                CreateNetwork.parse(network_body(hostnic_name="lo")))),
+            self.refused(self.core.define_network(
+                define_network(network_body(hostnic_name="lo")))),
             "lo is the loopback interface")
         self.host.default_route_indexes.add(self.nic2.index)
-        message = self.refused(self.core.create_network(
-            CreateNetwork.parse(network_body(hostnic_mac=f"{MAC1},{MAC2}"))))
+        message = self.refused(self.core.define_network(
+            define_network(network_body(hostnic_mac=f"{MAC1},{MAC2}"))))
         self.assertIn(f"NIC {MAC2} (ens5) carries the host's default route", message)
         self.assertEqual(self.core.state.networks, {})
 
     def test_mac_on_several_links_is_refused(self) -> None:
         self.host.add("ens4.100", MAC1, kind="vlan")
-        message = self.refused(self.core.create_network(
-            CreateNetwork.parse(network_body(hostnic_mac=MAC1))))
+        message = self.refused(self.core.define_network(
+            define_network(network_body(hostnic_mac=MAC1))))
         self.assertIn("carried by several interfaces (ens4, ens4.100)", message)
 
     def test_virtual_nic_is_accepted_with_a_warning(self) -> None:
@@ -84,10 +86,10 @@ class CreateNetworkTests(CoreTestCase):
     def test_concurrent_creates_for_one_nic_exactly_one_wins(self) -> None:
         gate: Deferred[None] = Deferred()
         self.host.gate = gate
-        first = Deferred.fromCoroutine(self.core.create_network(
-            CreateNetwork.parse(network_body(NET, hostnic_mac=MAC1))))
-        second = Deferred.fromCoroutine(self.core.create_network(
-            CreateNetwork.parse(network_body(NET2, hostnic_mac=MAC1.upper()))))
+        first = Deferred.fromCoroutine(self.core.define_network(
+            define_network(network_body(NET, hostnic_mac=MAC1))))
+        second = Deferred.fromCoroutine(self.core.define_network(
+            define_network(network_body(NET2, hostnic_mac=MAC1.upper()))))
         self.assertNoResult(first)
         self.assertNoResult(second)
         self.host.gate = None
@@ -98,8 +100,8 @@ class CreateNetworkTests(CoreTestCase):
 
     def test_delete_network_is_idempotent(self) -> None:
         self.create_network(hostnic_mac=MAC1)
-        self.call(self.core.delete_network(NET))
-        self.call(self.core.delete_network(NET))
+        self.call(self.core.drop_network(NET))
+        self.call(self.core.drop_network(NET))
         self.assertEqual(self.on_disk()["networks"], [])
         self.create_network(NET2, hostnic_mac=MAC1)  # the NIC is free again
 
@@ -115,28 +117,26 @@ class EndpointTests(CoreTestCase):
     def test_pool_serves_one_container_per_nic_then_refuses(self) -> None:
         self.assertEqual(self.create_endpoint(EP).mac, MAC1)
         self.assertEqual(self.create_endpoint(EP2).mac, MAC2)
-        message = self.refused(self.core.create_endpoint(
-            CreateEndpoint.parse(endpoint_body(EP3))), PoolExhausted)
+        message = self.refused(self.core.claim(
+            claim_request(endpoint_body(EP3))), PoolExhausted)
         self.assertEqual(message, f"network {NET[:12]} has 2 NICs, all in use; add NICs "
                                   f"to its pool or stop a container")
         self.assertEqual(sorted(self.core.state.claims), [EP, EP2])
 
     def test_pinning_by_option_and_by_mac_address(self) -> None:
-        created = self.create_endpoint(EP, hostnic_mac="52:54:00:E1:D9:E2")
-        self.assertEqual((created.mac, created.mac_given), (MAC2, False))
-        # --mac-address already fills the field: the driver must not return it again.
-        self.assertTrue(self.create_endpoint(EP2, mac=MAC1).mac_given)
+        self.assertEqual(self.create_endpoint(EP, hostnic_mac="52:54:00:E1:D9:E2").mac, MAC2)
+        self.assertEqual(self.create_endpoint(EP2, mac=MAC1).mac, MAC1)
         self.assertEqual(self.core.state.claims[EP2].mac, MAC1)
 
     def test_pinning_refusals(self) -> None:
         self.assertEqual(
-            self.refused(self.core.create_endpoint(CreateEndpoint.parse(
+            self.refused(self.core.claim(claim_request(
                 endpoint_body(EP, mac="02:00:00:00:00:01")))),
             f"NIC 02:00:00:00:00:01 is not in the pool of network {NET[:12]} "
             f"({MAC1}, {MAC2})")
         self.create_endpoint(EP, hostnic_mac=MAC2)
         self.assertEqual(
-            self.refused(self.core.create_endpoint(CreateEndpoint.parse(
+            self.refused(self.core.claim(claim_request(
                 endpoint_body(EP2, hostnic_mac=MAC2)))),
             f"NIC {MAC2} (ens5) of network {NET[:12]} is in use by endpoint {EP[:12]}")
 
@@ -148,8 +148,8 @@ class EndpointTests(CoreTestCase):
             scheduler = Scheduler()
             self.host.pause = scheduler.point
             self.threads.run = gated(scheduler)
-            results = [Deferred.fromCoroutine(self.core.create_endpoint(
-                CreateEndpoint.parse(endpoint_body(e)))) for e in (EP2, EP3)]
+            results = [Deferred.fromCoroutine(self.core.claim(
+                claim_request(endpoint_body(e)))) for e in (EP2, EP3)]
             scheduler.run_randomly(seed)
             outcomes = []
             for d in results:
@@ -212,13 +212,13 @@ class EndpointTests(CoreTestCase):
     def test_unknown_endpoint_calls(self) -> None:
         self.leave(EP3)
         self.delete_endpoint(EP3)
-        self.assertIsNone(self.core.endpoint(EndpointRef(NET, EP3)))
+        self.assertIsNone(self.core.claim_of(EndpointKey(NET, EP3)))
         self.assertIn("holds no endpoint", self.refused(
-            self.core.join(Join(EndpointRef(NET, EP3), None))))
+            self.core.lend(LendNic(EndpointKey(NET, EP3), None))))
 
     def test_endpoint_of_unknown_network(self) -> None:
-        message = self.refused(self.core.create_endpoint(
-            CreateEndpoint.parse(endpoint_body(EP, NET2))))
+        message = self.refused(self.core.claim(
+            claim_request(endpoint_body(EP, NET2))))
         self.assertEqual(message, f"hostnic holds no network {NET2[:12]}; recreate it "
                                   f"with docker network create -d hostnic")
 
@@ -229,9 +229,9 @@ class EndpointTests(CoreTestCase):
         self.leave(EP)
         self.delete_endpoint(EP)  # dockerd failed to move it back
         self.assertEqual(self.core.state.claims[EP].phase, Phase.RELEASING)
-        self.call(self.core.delete_network(NET))
-        self.assertIn("still held", self.refused(self.core.create_network(
-            CreateNetwork.parse(network_body(NET2, hostnic_mac=MAC1)))))
+        self.call(self.core.drop_network(NET))
+        self.assertIn("still held", self.refused(self.core.define_network(
+            define_network(network_body(NET2, hostnic_mac=MAC1)))))
         self.host.kernel_returns(MAC1)  # the namespace died: NIC home as eth0
         self.assertEqual(self.nic1.name, "ens4")
         self.assertTrue(self.nic1.up)
@@ -241,8 +241,8 @@ class EndpointTests(CoreTestCase):
         def disk_full(*args: object) -> None:
             raise OSError(28, "No space left on device")
         self.threads.run = lambda f, *a: maybeDeferred(disk_full)
-        message = self.refused(self.core.create_endpoint(
-            CreateEndpoint.parse(endpoint_body(EP))), StoreError)
+        message = self.refused(self.core.claim(
+            claim_request(endpoint_body(EP))), StoreError)
         self.assertIn("No space left on device", message)
         self.assertEqual(self.core.state.claims, {})
 
@@ -307,7 +307,7 @@ class RestartTests(CoreTestCase):
         self.daemon = self.build()
         core = self.daemon.core
         starting = Deferred.fromCoroutine(self.daemon.start())
-        waiting = Deferred.fromCoroutine(core.delete_network(NET))
+        waiting = Deferred.fromCoroutine(core.drop_network(NET))
         self.assertNoResult(waiting)
         self.host.gate = None
         gate.callback(None)
@@ -322,7 +322,7 @@ class ErrorsAreSentencesTests(CoreTestCase):
         for body in (network_body(hostnic_mac="zz"), network_body(),
                      network_body(hostnic_mac=MAC1, bogus="1")):
             try:
-                CreateNetwork.parse(body)
+                define_network(body)
             except HostnicError as e:
                 self.assertTrue(e.message)
             else:

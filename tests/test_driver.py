@@ -54,6 +54,14 @@ class DriverTests(CoreTestCase):
         self.assertEqual(self.post("NetworkDriver.DeleteNetwork", {"NetworkID": NET}), (200, {}))
         self.assertEqual(self.calls.stats["NetworkDriver.Join"].count, 1)
 
+    def test_a_mac_address_dockerd_filled_is_not_answered_again(self) -> None:
+        """--mac-address fills Interface.MacAddress: returning the field, even
+        unchanged, fails the endpoint in dockerd."""
+        self.post("NetworkDriver.CreateNetwork", network_body(hostnic_mac=MAC1))
+        self.assertEqual(self.post("NetworkDriver.CreateEndpoint", endpoint_body(mac=MAC1)),
+                         (200, {}))
+        self.assertEqual(self.core.state.claims[EP].mac, MAC1)
+
     def test_swarm_and_discovery_methods_answer(self) -> None:
         self.assertEqual(self.post("NetworkDriver.AllocateNetwork", {"NetworkID": NET}),
                          (200, {"Options": {}}))

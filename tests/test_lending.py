@@ -12,7 +12,8 @@ from twisted.internet.defer import Deferred
 
 from hostnic.errors import HostError, NicUnavailable, StoreError, UnknownObject
 from hostnic.model import Address, NicRef, Phase
-from hostnic.protocol import CreateNetwork, EndpointRef, Join
+from hostnic.commands import EndpointKey
+from hostnic.protocol import define_network, lend_nic
 from tests.fakes import FakeLink, run_now
 from tests.helpers import (EP, EP2, MAC1, MAC2, NET, NET2, SANDBOX, CoreTestCase, join_body,
                            network_body)
@@ -45,7 +46,7 @@ class LendingTestCase(CoreTestCase):
         return Deferred.fromCoroutine(coroutine)
 
     def join_call(self, endpoint_id: str = EP) -> Any:
-        return self.core.join(Join.parse(join_body(endpoint_id)))
+        return self.core.lend(lend_nic(join_body(endpoint_id)))
 
     def assert_home_as_before(self, link: FakeLink | None = None) -> None:
         link = link or self.nic1
@@ -59,7 +60,7 @@ class FullDiskTests(LendingTestCase):
         self.host.add("ens5", MAC2)
         before = self.durable()
         self.disk.space = 100  # less than a journal record
-        message = self.refused(self.core.create_network(CreateNetwork.parse(
+        message = self.refused(self.core.define_network(define_network(
             network_body(NET2, hostnic_mac=MAC2))), StoreError)
         self.assertIn("could not save its state", message)
         self.assertIn("No space left on device", message)
@@ -99,23 +100,23 @@ class CreateNetworkRetryTests(LendingTestCase):
         self.assertEqual(list(self.core.state.networks), [NET])
         body = network_body(hostnic_mac=MAC1)
         body["IPv4Data"][0]["Gateway"] = "192.168.7.254/24"
-        message = self.refused(self.core.create_network(CreateNetwork.parse(body)))
+        message = self.refused(self.core.define_network(define_network(body)))
         self.assertEqual(message, f"hostnic already holds network {NET[:12]} with other "
                                   f"settings: IPv4 gateway 192.168.7.254 (held: 192.168.7.1)")
 
     def test_concurrent_duplicates_get_the_same_answer(self) -> None:
-        self.call(self.core.delete_endpoint(EndpointRef(NET, EP)))
-        self.call(self.core.delete_network(NET))
+        self.call(self.core.give_back(EndpointKey(NET, EP)))
+        self.call(self.core.drop_network(NET))
         for seed in range(20):
             scheduler = self.schedule()
-            calls = [self.start(self.core.create_network(CreateNetwork.parse(
+            calls = [self.start(self.core.define_network(define_network(
                 network_body(NET2, hostnic_mac=MAC1)))) for _ in range(3)]
             scheduler.run_randomly(seed)
             for d in calls:
                 self.assertIsNone(self.successResultOf(d), seed)
             self.unschedule()
             self.assertEqual(list(self.durable().networks), [NET2])
-            self.call(self.core.delete_network(NET2))
+            self.call(self.core.drop_network(NET2))
 
 
 class JoinRacingDeleteTests(LendingTestCase):
@@ -129,7 +130,7 @@ class JoinRacingDeleteTests(LendingTestCase):
                 self.create_endpoint(EP)
             scheduler = self.schedule()
             calls = [lambda: self.start(self.join_call(EP)),
-                     lambda: self.start(self.core.delete_endpoint(EndpointRef(NET, EP)))]
+                     lambda: self.start(self.core.give_back(EndpointKey(NET, EP)))]
             if seed % 2:
                 calls.reverse()  # dockerd's two calls may reach us in either order
             started = [call() for call in calls]
@@ -170,7 +171,7 @@ class LostWakeupTests(LendingTestCase):
         self.host.dockerd_moves_in(src, SANDBOX, "192.168.7.10")
         self.leave()
         scheduler = self.schedule(only=lambda label: label == "locate.answered")
-        delete = self.start(self.core.delete_endpoint(EndpointRef(NET, EP)))
+        delete = self.start(self.core.give_back(EndpointKey(NET, EP)))
         self.assertEqual(scheduler.labels(), ["locate.answered"])  # "not home", in hand
         self.host.kernel_returns(MAC1)  # ...and now it is home: a link event
         scheduler.run(lambda n: 0)
@@ -193,7 +194,7 @@ class StuckClaimTests(LendingTestCase):
         self.host.dockerd_moves_back(MAC1, src)
         self.disk.space = 0
         self.assertIn("could not save", self.refused(
-            self.core.delete_endpoint(EndpointRef(NET, EP)), StoreError))
+            self.core.give_back(EndpointKey(NET, EP)), StoreError))
         self.assert_home_as_before()  # restored...
         self.assertEqual(self.durable().claims[EP].phase, Phase.LEFT)  # ...but held
 
@@ -299,7 +300,7 @@ class IdentityTests(LendingTestCase):
 
     def test_a_pooled_nic_with_a_changed_mac_is_still_refused_to_another_network(self) -> None:
         self.nic1.mac = "02:aa:bb:cc:dd:ee"  # changed on the host, same NIC
-        message = self.refused(self.core.create_network(CreateNetwork.parse(
+        message = self.refused(self.core.define_network(define_network(
             network_body(NET2, hostnic_name="ens4"))), NicUnavailable)
         self.assertIn("is already in hostnic network", message)
 
@@ -360,7 +361,7 @@ class SquatterTests(LendingTestCase):
         self.create_network(NET2, hostnic_mac=MAC2)
         self.create_endpoint(EP2, NET2)
         self.host.add("hn" + EP2[:13], MAC2, up=True)
-        message = self.refused(self.core.join(Join.parse(join_body(EP2, NET2))), NicUnavailable)
+        message = self.refused(self.core.lend(lend_nic(join_body(EP2, NET2))), NicUnavailable)
         self.assertIn(f"is not NIC {MAC2}", message)
         self.assertEqual((virtual.name, virtual.up), ("ens5", True))
 

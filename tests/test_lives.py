@@ -29,7 +29,7 @@ class LivesTests(CoreTestCase):
         snapshot did not name)."""
         for _ in range(30):  # a busy day: 60 changes, several compactions
             self.create_network(NET, hostnic_mac=MAC1)
-            self.call(self.core.delete_network(NET))
+            self.call(self.core.drop_network(NET))
         generation = self.store.read()[1]
         self.assertGreaterEqual(generation, 3)
         self.core = self.new_core()
@@ -41,7 +41,7 @@ class LivesTests(CoreTestCase):
         self.assertEqual(self.files(), [f"{JOURNAL_PREFIX}{generation}", STATE_FILE])
         # And the lives go on compacting from where the disk is.
         for _ in range(5):
-            self.call(self.core.delete_network(NET))
+            self.call(self.core.drop_network(NET))
             self.create_network(NET, hostnic_mac=MAC1)
         self.core = self.new_core()
         self.assertEqual(sorted(self.core.state.networks), [NET, NET2])

@@ -32,7 +32,9 @@ from twisted.python.failure import Failure
 from hostnic.core import Core
 from hostnic.errors import HostError, HostnicError, StoreError
 from hostnic.model import Phase
-from hostnic.protocol import CreateEndpoint, CreateNetwork, EndpointRef, Join
+from hostnic.commands import EndpointKey, LendNic
+from hostnic.protocol import define_network
+from tests.helpers import claim_request
 from tests.fakes import FakeHost, run_now
 from tests.helpers import NET, NET2, CoreTestCase, endpoint_body, network_body
 from tests.sched import Scheduler, gated
@@ -124,18 +126,18 @@ class History:
     # -- dockerd's calls -------------------------------------------------
 
     def call(self, endpoint: Endpoint, method: str) -> None:
-        ref = EndpointRef(endpoint.network, endpoint.id)
+        ref = EndpointKey(endpoint.network, endpoint.id)
         coroutine: Any
         if method == "create":
-            coroutine = self.core.create_endpoint(
-                CreateEndpoint.parse(endpoint_body(endpoint.id, endpoint.network)))
+            coroutine = self.core.claim(
+                claim_request(endpoint_body(endpoint.id, endpoint.network)))
         elif method == "join":
             self.host.live_namespaces.add(endpoint.sandbox)  # dockerd made the sandbox
-            coroutine = self.core.join(Join(ref, endpoint.sandbox))
+            coroutine = self.core.lend(LendNic(ref, endpoint.sandbox))
         elif method == "leave":
             coroutine = self.core.leave(ref)
         else:
-            coroutine = self.core.delete_endpoint(ref)
+            coroutine = self.core.give_back(ref)
         endpoint.inflight, endpoint.lost = method, False
         endpoint.token += 1
         Deferred.fromCoroutine(coroutine).addBoth(
@@ -265,7 +267,7 @@ class History:
             self.case.reactor.advance(self.data.draw(st.sampled_from([1, 5, 30]), label="s"))
         elif action == "create network again":
             network = self.data.draw(st.sampled_from(sorted(POOLS)), label="network")
-            Deferred.fromCoroutine(self.core.create_network(CreateNetwork.parse(network_body(
+            Deferred.fromCoroutine(self.core.define_network(define_network(network_body(
                 network, hostnic_mac=",".join(POOLS[network]))))).addErrback(
                     lambda f: f.trap(HostnicError))  # a full disk may refuse it
         self.check()

@@ -4,7 +4,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from hostnic.errors import BadRequest, InvalidOption
 from hostnic.model import normalize_mac
-from hostnic.protocol import CreateEndpoint, CreateNetwork
+from hostnic.protocol import CreateEndpoint, define_network
 from tests.helpers import MAC1, NET, endpoint_body, network_body
 
 
@@ -23,34 +23,35 @@ class CreateNetworkParseTests(SynchronousTestCase):
     def test_options_and_ip_data(self) -> None:
         body = network_body(hostnic_mac=f"{MAC1}, 52-54-00-e1-d9-e1", hostnic_name="ens5")
         body["IPv6Data"] = [{"Pool": "fd00:1::/64", "Gateway": "fd00:1::1/64"}]
-        parsed = CreateNetwork.parse(body)
+        parsed = define_network(body)
         self.assertEqual(parsed.macs, (MAC1,))
         self.assertEqual(parsed.names, ("ens5",))
         self.assertEqual((parsed.gateway4, parsed.gateway6), ("192.168.7.1", "fd00:1::1"))
         self.assertEqual(parsed.subnets, ("192.168.7.0/24", "fd00:1::/64"))
 
     def test_null_options_and_absent_gateway(self) -> None:
-        self.assertRaises(InvalidOption, CreateNetwork.parse, {"NetworkID": NET, "Options": None})
+        self.assertRaises(InvalidOption, define_network, {"NetworkID": NET, "Options": None})
         body = network_body(hostnic_mac=MAC1)
         del body["IPv4Data"][0]["Gateway"]
-        self.assertIsNone(CreateNetwork.parse(body).gateway4)
+        self.assertIsNone(define_network(body).gateway4)
 
     def test_refusals(self) -> None:
-        self.assertRaises(InvalidOption, CreateNetwork.parse,
+        self.assertRaises(InvalidOption, define_network,
                           network_body(hostnic_mac=MAC1, **{"com.docker.network.driver.mtu": "1400"}))
-        self.assertRaises(InvalidOption, CreateNetwork.parse, network_body(hostnic_name="a/b"))
-        self.assertRaises(InvalidOption, CreateNetwork.parse, network_body(hostnic_name="x" * 16))
-        self.assertRaises(BadRequest, CreateNetwork.parse, {"NetworkID": "../../etc"})
+        self.assertRaises(InvalidOption, define_network, network_body(hostnic_name="a/b"))
+        self.assertRaises(InvalidOption, define_network, network_body(hostnic_name="x" * 16))
+        self.assertRaises(BadRequest, define_network, {"NetworkID": "../../etc"})
         bad_gw = network_body(hostnic_mac=MAC1)
         bad_gw["IPv4Data"][0]["Gateway"] = "nonsense"
-        self.assertRaises(BadRequest, CreateNetwork.parse, bad_gw)
+        self.assertRaises(BadRequest, define_network, bad_gw)
 
 
 class CreateEndpointParseTests(SynchronousTestCase):
     def test_pin_sources(self) -> None:
-        self.assertEqual(CreateEndpoint.parse(endpoint_body(hostnic_mac="5254.00e1.d9e1")).pinned_mac, MAC1)
+        self.assertEqual(CreateEndpoint.parse(endpoint_body(
+            hostnic_mac="5254.00e1.d9e1")).command.pinned_mac, MAC1)
         parsed = CreateEndpoint.parse(endpoint_body(mac=MAC1))
-        self.assertEqual((parsed.pinned_mac, parsed.interface_has_mac), (MAC1, True))
+        self.assertEqual((parsed.command.pinned_mac, parsed.interface_has_mac), (MAC1, True))
         # dockerd's own keys pass; unknown hostnic_ keys do not.
         CreateEndpoint.parse(endpoint_body(**{"com.docker.network.endpoint.exposedports": ""}))
         self.assertRaises(InvalidOption, CreateEndpoint.parse, endpoint_body(hostnic_foo="1"))

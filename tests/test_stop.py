@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from hostnic.model import Phase
-from hostnic.protocol import Join
+from hostnic.protocol import lend_nic
 from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 
@@ -82,7 +82,7 @@ class CallsUnderWayTests(CoreTestCase):
 
     def test_the_daemon_stops_once_its_work_is_done_or_the_grace_is_up(self) -> None:
         assert self.daemon is not None
-        joining = Deferred.fromCoroutine(self.core.join(Join.parse(join_body())))
+        joining = Deferred.fromCoroutine(self.core.lend(lend_nic(join_body())))
         stopping = Deferred.fromCoroutine(self.daemon.stop(grace=10))
         self.assertNoResult(stopping)
         self.open()
@@ -92,7 +92,7 @@ class CallsUnderWayTests(CoreTestCase):
         self.core = self.new_core()
         assert self.daemon is not None
         self.host.gate = Deferred()
-        Deferred.fromCoroutine(self.core.delete_network(NET))
+        Deferred.fromCoroutine(self.core.drop_network(NET))
         stopping = Deferred.fromCoroutine(self.daemon.stop(grace=10))
         self.reactor.advance(10)
         self.successResultOf(stopping)

@@ -11,7 +11,8 @@ from twisted.internet.defer import Deferred
 from hostnic.compose import Ports, Settings, build
 from hostnic.host import NetlinkHost
 from hostnic.linkwatch import LinkMonitor
-from hostnic.protocol import CreateEndpoint, CreateNetwork, Join
+from hostnic.protocol import define_network, lend_nic
+from tests.helpers import claim_request
 from tests.fakes import run_now
 from tests.helpers import endpoint_body, join_body, network_body
 from tests.netns.nsutil import FakeReactor, NetnsTestCase, ip
@@ -42,9 +43,9 @@ class LateEventsTests(NetnsTestCase):
             return self.successResultOf(Deferred.fromCoroutine(coroutine))
 
         call(daemon.start())
-        call(core.create_network(CreateNetwork.parse(network_body(hostnic_mac=mac))))
-        call(core.create_endpoint(CreateEndpoint.parse(endpoint_body())))
-        lent = call(core.join(Join.parse(join_body())))
+        call(core.define_network(define_network(network_body(hostnic_mac=mac))))
+        call(core.claim(claim_request(endpoint_body())))
+        lent = call(core.lend(lend_nic(join_body())))
         monitor.doRead()  # the reactor gets to the lend's events now
         [link] = json.loads(ip("-n", self.ns, "-j", "link", "show", "dev", lent.src_name))
         self.assertEqual(link["address"], mac)
