@@ -1,18 +1,16 @@
-"""A bounded record of recent driver calls and reconciliations, with
-per-method counters and latency histograms, for the logs and the admin API
-(nothing here touches the network or the disk)."""
+"""What happened lately: a bounded record of recent driver calls and of the
+core's own events (reconciliations, restores, releases), with per-method
+counters and latency histograms, for the admin API (nothing here touches the
+network or the disk)."""
 
 from __future__ import annotations
 
 import bisect
 import collections
-import contextlib
-import contextvars
 import time
-from typing import Any, Callable, Deque, Iterator
+from typing import Any, Callable, Deque
 
 import attrs
-from twisted.logger import Logger
 
 # Upper bounds of the latency buckets, in seconds (Prometheus convention).
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -64,38 +62,3 @@ class CallLog:
 
     def last(self, limit: int) -> list[dict[str, Any]]:
         return list(self.recent)[-limit:] if limit > 0 else []
-
-
-# -- one log line per call -------------------------------------------------
-
-_story: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
-    "hostnic_story", default=None)
-_log = Logger(namespace="hostnic.core")
-
-
-def narrate(text: str) -> None:
-    """Say what the core did. During a driver call it goes into that call's
-    one log line (a lifecycle used to cost a dozen log events); otherwise, as
-    for work done in the background, it is logged on its own."""
-    story = _story.get()
-    if story is None:
-        _log.info("{text}", text=text)
-    else:
-        story.append(text)
-
-
-@contextlib.contextmanager
-def telling() -> Iterator[list[str]]:
-    """Collect what ``narrate`` says while a call is served."""
-    story: list[str] = []
-    token = _story.set(story)
-    try:
-        yield story
-    finally:
-        _story.reset(token)
-
-
-def untold() -> None:
-    """Background work started during a call tells its own story: call this
-    first thing in its coroutine (which runs in a copy of the call's context)."""
-    _story.set(None)

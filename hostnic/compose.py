@@ -22,7 +22,8 @@ from twisted.python.threadpool import ThreadPool
 from hostnic.admin import AdminAPI, ServiceInfo
 from hostnic.core import Core
 from hostnic.driver import DriverAPI
-from hostnic.host import HostPort, NetlinkHost
+from hostnic.host import NetlinkHost
+from hostnic.ports import HostPort
 from hostnic.linkwatch import LinkMonitor
 from hostnic.store import COMPACT_EVERY, RunInThread, StateStore
 from hostnic.web import GuardedSite, Limits, driver_refusal, jsonrpc_refusal

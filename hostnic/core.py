@@ -21,16 +21,17 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from hostnic import pools
-from hostnic.calls import CallLog, narrate, untold
+from hostnic.calls import CallLog
+from hostnic.narration import narrate, untold
 from hostnic.commands import ClaimNic, Claimed, DefineNetwork, EndpointKey, LendNic, Lent
 from hostnic.errors import HostnicError, NicUnavailable, UnknownObject
 from hostnic.faults import crashpoint
 from hostnic import guards
 from hostnic.guards import refusal
-from hostnic.host import HostPort
+from hostnic.ports import HostPort
 from hostnic.ledger import Ledger, Store
 from hostnic.lending import Lender, Released
-from hostnic.rtnl import LinkInfo
+from hostnic.model import LinkInfo
 from hostnic.locks import KeyedLocks
 from hostnic.model import Adopted, Claim, Network, NicRef, Phase, State, transit_name
 from hostnic.retry import Retrier

@@ -14,7 +14,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from hostnic.calls import CallLog, telling
+from hostnic.calls import CallLog
+from hostnic.narration import telling
 from hostnic.core import Core
 from hostnic.errors import BadRequest, HostnicError
 from hostnic.protocol import (CreateEndpoint, define_network, endpoint_key, lend_nic,

@@ -3,9 +3,9 @@ network is created and again at every lend: a host changes in between."""
 
 from __future__ import annotations
 
-from hostnic.host import HostPort
+from hostnic.ports import HostPort
 from hostnic.model import NicRef
-from hostnic.rtnl import LinkInfo
+from hostnic.model import LinkInfo
 
 
 def shared_mac_lower(carriers: list[LinkInfo]) -> LinkInfo | None:

@@ -19,14 +19,15 @@ from typing import Any, Callable
 import attrs
 from twisted.logger import Logger
 
-from hostnic.calls import CallLog, narrate
+from hostnic.calls import CallLog
+from hostnic.narration import narrate
 from hostnic.errors import HostnicError, NicUnavailable, StoreError, UnknownObject
 from hostnic.faults import crashpoint
 from hostnic.guards import refusal
-from hostnic.host import HostPort
+from hostnic.ports import HostPort
 from hostnic.ledger import Ledger
 from hostnic.model import Claim, NicRef, NicState, Phase
-from hostnic.rtnl import LinkInfo
+from hostnic.model import LinkInfo
 from hostnic.text import short
 
 # dockerd makes a container's namespace file (the SandboxKey) only when it

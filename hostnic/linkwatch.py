@@ -29,10 +29,10 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from hostnic.model import Address
+from hostnic.model import Address, LinkInfo
 from hostnic.rtnl import (NETLINK_ROUTE, RECV_BUFFER, RTM_DELADDR, RTM_DELLINK, RTM_NEWADDR,
                           RTM_NEWLINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK,
-                          AddrInfo, LinkInfo, dump_addresses, dump_links, parse_messages)
+                          AddrInfo, dump_addresses, dump_links, parse_messages)
 
 Event = tuple[int, Any]  # (message type, LinkInfo or AddrInfo)
 

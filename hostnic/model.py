@@ -92,6 +92,41 @@ class NicRef:
         return self.mac
 
 
+IFF_UP, IFF_LOOPBACK, IFF_LOWER_UP = 0x1, 0x8, 0x10000  # link flags
+
+
+@attrs.frozen
+class LinkInfo:
+    """A link of a network namespace, as the kernel reports it."""
+
+    index: int
+    name: str
+    mac: str | None
+    mtu: int
+    flags: int
+    kind: str | None  # IFLA_INFO_KIND: None for a physical NIC
+    perm: str | None = None  # IFLA_PERM_ADDRESS, where the kernel reports one
+    master: int | None = None  # the bridge, bond or team it is a port of
+    link: int | None = None  # the link it sits on (a macvlan's or vlan's parent)
+    link_netnsid: int | None = None  # set when that link is in another namespace
+    alias: str | None = None
+    altnames: tuple[str, ...] = ()
+    txqlen: int | None = None
+    group: int | None = None
+
+    @property
+    def up(self) -> bool:
+        return bool(self.flags & IFF_UP)
+
+    @property
+    def carrier(self) -> bool:
+        return bool(self.flags & IFF_LOWER_UP)
+
+    @property
+    def loopback(self) -> bool:
+        return bool(self.flags & IFF_LOOPBACK)
+
+
 # Address flags (IFA_F_*). IPv6 calls 0x01 "temporary": a privacy address.
 IFA_F_SECONDARY = IFA_F_TEMPORARY = 0x01
 IFA_F_NODAD, IFA_F_OPTIMISTIC, IFA_F_DADFAILED, IFA_F_HOMEADDRESS = 0x02, 0x04, 0x08, 0x10
@@ -334,3 +369,15 @@ class State:
     def without_claim(self, endpoint_id: str) -> State:
         claims = {k: v for k, v in self.claims.items() if k != endpoint_id}
         return attrs.evolve(self, claims=claims)
+
+
+def proven(nic: NicRef, links: list[LinkInfo], lent_index: int | None) -> LinkInfo | None:
+    """Of the links that may be ``nic`` (by name or address), the one that
+    proves to be it (``NicRef.is_link``). A lent virtual NIC that no link
+    proves to be by its index was renumbered by a namespace move (the one it
+    entered held that index): its MAC is all that is left to know it by."""
+    found = next((link for link in links
+                  if nic.is_link(link.mac, link.perm, link.index, lent_index)), None)
+    if found is None and nic.perm is None and lent_index is not None:
+        found = next((link for link in links if link.mac == nic.mac), None)
+    return found

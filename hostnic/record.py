@@ -11,7 +11,7 @@ from typing import Sequence
 from hostnic import rtnl
 from hostnic.errors import HostError
 from hostnic.model import (AF_INET, AF_INET6, RT_TABLE_LOCAL, RT_TABLE_MAIN, RTPROT_KERNEL,
-                           RTPROT_RA, Address, Adopted, NicState, Route)
+                           RTPROT_RA, Address, Adopted, LinkInfo, NicState, Route)
 
 # The host's net sysctls; twistd's --sysctl-dir moves it (a managed plugin).
 SYSCTL_ROOT = "/proc/sys/net"
@@ -54,7 +54,7 @@ def read_sysctls(name: str) -> tuple[tuple[str, str], ...]:
     return tuple(values)
 
 
-def _link(index: int) -> rtnl.LinkInfo:
+def _link(index: int) -> LinkInfo:
     link = rtnl.get_link(index=index)
     if link is None:
         raise HostError(f"interface {index} vanished from the host")

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import attrs
 
-from hostnic.model import Address, Route
+from hostnic.model import Address, LinkInfo, Route
 
 NETLINK_ROUTE = 0
 NETLINK_GET_STRICT_CHK = 12
@@ -37,7 +37,6 @@ RTA_DST, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_TABLE = 1, 5, 6, 7, 15
 FOREVER = 0xFFFFFFFF
 RTA_OIF, RTA_MULTIPATH = 4, 9
 RTNEXTHOP = struct.Struct("=HBBi")  # length, flags, hops, ifindex
-IFF_UP, IFF_LOOPBACK, IFF_LOWER_UP = 0x1, 0x8, 0x10000
 RTN_UNICAST = 1
 
 NLMSGHDR = struct.Struct("=IHHII")
@@ -46,36 +45,6 @@ IFADDRMSG = struct.Struct("=BBBBI")
 RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, proto, scope, type, flags
 RTATTR = struct.Struct("=HH")
 RECV_BUFFER = 1 << 20
-
-
-@attrs.frozen
-class LinkInfo:
-    index: int
-    name: str
-    mac: str | None
-    mtu: int
-    flags: int
-    kind: str | None  # IFLA_INFO_KIND: None for a physical NIC
-    perm: str | None = None  # IFLA_PERM_ADDRESS, where the kernel reports one
-    master: int | None = None  # the bridge, bond or team it is a port of
-    link: int | None = None  # the link it sits on (a macvlan's or vlan's parent)
-    link_netnsid: int | None = None  # set when that link is in another namespace
-    alias: str | None = None
-    altnames: tuple[str, ...] = ()
-    txqlen: int | None = None
-    group: int | None = None
-
-    @property
-    def up(self) -> bool:
-        return bool(self.flags & IFF_UP)
-
-    @property
-    def carrier(self) -> bool:
-        return bool(self.flags & IFF_LOWER_UP)
-
-    @property
-    def loopback(self) -> bool:
-        return bool(self.flags & IFF_LOOPBACK)
 
 
 @attrs.frozen

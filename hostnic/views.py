@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hostnic.rtnl import LinkInfo
+from hostnic.model import LinkInfo
 from hostnic.model import Address, Adopted, Claim, Network, NicRef, NicState, Phase, State
 
 VIRTUAL_HINT = "virtual"

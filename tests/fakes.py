@@ -32,8 +32,10 @@ import attrs
 from twisted.internet.defer import Deferred, maybeDeferred
 
 from hostnic.errors import HostError
-from hostnic.host import HostPort, proven, uppers_of
-from hostnic.rtnl import IFF_LOOPBACK, IFF_UP, LinkInfo
+from hostnic.host import uppers_of
+from hostnic.model import proven
+from hostnic.ports import HostPort
+from hostnic.model import IFF_LOOPBACK, IFF_UP, LinkInfo
 from hostnic.model import Address, Adopted, NicRef, NicState, Route
 from hostnic.record import adoption
 

@@ -20,9 +20,9 @@ import attrs
 from twisted.internet.defer import Deferred
 
 from hostnic.errors import HostError
-from hostnic.host import HostPort
+from hostnic.ports import HostPort
 from hostnic.model import AF_INET6, IFA_F_TEMPORARY, Address, NicRef, NicState
-from hostnic.rtnl import LinkInfo
+from hostnic.model import LinkInfo
 
 T = TypeVar("T")
 ABSENT = 999_999  # an interface index no test makes

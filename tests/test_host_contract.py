@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from hostnic.rtnl import LinkInfo
+from hostnic.model import LinkInfo
 from tests.fakes import FakeHost, FakeLink
 from tests.host_contract import HostContract
 

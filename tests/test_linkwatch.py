@@ -12,9 +12,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from hostnic.linkwatch import Inventory, LinkMonitor
-from hostnic.model import Address
-from hostnic.rtnl import (IFF_UP, RTM_DELADDR, RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK, AddrInfo,
-                          LinkInfo, parse_messages)
+from hostnic.model import IFF_UP, Address, LinkInfo
+from hostnic.rtnl import (RTM_DELADDR, RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK, AddrInfo,
+                          parse_messages)
 
 
 def rtattr(kind: int, value: bytes) -> bytes:

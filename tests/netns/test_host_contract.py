@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 from hostnic import rtnl
 from hostnic.host import NetlinkHost
 from hostnic.linkwatch import LinkMonitor
-from hostnic.rtnl import LinkInfo
+from hostnic.model import LinkInfo
 from tests.fakes import run_now
 from tests.host_contract import HostContract
 from tests.netns.nsutil import FakeReactor, NetnsTestCase, ip

@@ -14,7 +14,7 @@ from hostnic.record import read as host_read_state
 from hostnic import record, rtnl
 from hostnic.linkwatch import LinkMonitor
 from hostnic.rtnl import dump_links
-from hostnic.model import Address, NicRef, NicState
+from hostnic.model import Address, LinkInfo, NicRef, NicState
 from tests.fakes import run_now
 from tests.netns.nsutil import FakeReactor, NetnsTestCase, ip
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.netns
 
 
 class NetlinkTests(NetnsTestCase):
-    def lend_and_get_back(self, index: int, mac: str) -> rtnl.LinkInfo:
+    def lend_and_get_back(self, index: int, mac: str) -> LinkInfo:
         """hostnic's rename, then what dockerd does: move, rename eth0,
         configure, use; then down, the transit name again, and home."""
         netlink.rename(index, "hntransit")
