@@ -1,6 +1,6 @@
 """Soak of the installed daemon: real veth NICs, a client that behaves like
 dockerd's plugin client, and hostnic stopped under it over and over: SIGKILL
-at every crash point of a lifecycle (``HOSTNIC_CRASH_AT``, hostnic/faults.py),
+at every crash point of a lifecycle (``HOSTNIC_CRASH_AT``, hostnic/core/crashpoints.py),
 SIGKILL at random instants, and SIGTERM (a clean stop) at random instants.
 A supervisor starts it again each time, as systemd or dockerd would.
 
@@ -45,8 +45,8 @@ import threading
 import time
 from typing import Any
 
+from hostnic.core.crashpoints import POINTS
 from hostnic.ctl import UnixHTTPConnection
-from hostnic.faults import POINTS
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 CTL = os.path.join(os.path.dirname(sys.executable), "hostnic-ctl")

@@ -2,7 +2,7 @@
 tests.
 
 ``FakeHost`` models what the core relies on from the kernel, step by step as
-``hostnic.netlink`` drives it: unique names per namespace; a rename is "set
+``hostnic.kernel.changes`` drives it: unique names per namespace; a rename is "set
 down" then "rename", so a rename that fails leaves the link down; a namespace
 move flushes addresses and leaves the link down (as dockerd returns it); the
 kernel returns a physical NIC under its in-container name (or ``dev<N>``);
@@ -31,13 +31,13 @@ from typing import Any, Callable
 import attrs
 from twisted.internet.defer import Deferred, maybeDeferred
 
+from hostnic.core.ports import HostPort
 from hostnic.errors import HostError
-from hostnic.host import uppers_of
-from hostnic.model import proven
-from hostnic.ports import HostPort
-from hostnic.model import IFF_LOOPBACK, IFF_UP, LinkInfo
-from hostnic.model import Address, Adopted, NicRef, NicState, Route
-from hostnic.record import adoption
+from hostnic.kernel.host import uppers_of
+from hostnic.kernel.record import adoption
+from hostnic.state.model import proven
+from hostnic.state.model import IFF_LOOPBACK, IFF_UP, LinkInfo
+from hostnic.state.model import Address, Adopted, NicRef, NicState, Route
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
 
@@ -105,7 +105,7 @@ Pause = Callable[[str, Any], "Deferred[None] | None"]
 
 @attrs.define
 class FakeHost:
-    """Implements hostnic.host.HostPort over in-memory links."""
+    """Implements hostnic.core.ports.HostPort over in-memory links."""
 
     links: dict[int, FakeLink] = attrs.field(factory=dict)
     default_route_indexes: set[int] = attrs.field(factory=set)

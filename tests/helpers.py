@@ -10,13 +10,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from hostnic.compose import Daemon, Ports, Settings, build
-from hostnic.commands import ClaimNic, Claimed, EndpointKey, Lent
-from hostnic.core import Core
-from hostnic.model import State
-from hostnic.protocol import CreateEndpoint, define_network, lend_nic
-from hostnic.statefile import encode
-from hostnic.store import COMPACT_EVERY, StateStore
+from hostnic.api.libnetwork import CreateEndpoint, define_network, lend_nic
+from hostnic.core.commands import ClaimNic, Claimed, EndpointKey, Lent
+from hostnic.core.owner import Core
+from hostnic.daemon.compose import Daemon, Ports, Settings, build
+from hostnic.state.fileformat import encode
+from hostnic.state.model import State
+from hostnic.state.store import COMPACT_EVERY, StateStore
 from tests.fakes import FakeHost, FakeLink, FaultyFileSystem, Threads, run_now
 
 T = TypeVar("T")
@@ -55,7 +55,7 @@ def claim_request(body: dict[str, Any]) -> ClaimNic:
 
 
 class CoreTestCase(SynchronousTestCase):
-    """hostnic as ``twistd hostnic`` builds it (``hostnic.compose``), over
+    """hostnic as ``twistd hostnic`` builds it (``hostnic.daemon.compose``), over
     fakes at its ports: the host (``FakeHost``), the reactor's clock, the
     store's thread (``Threads``: at once unless a test gates it) and the disk
     (``FaultyFileSystem``: healthy unless a test fills it)."""

@@ -1,4 +1,4 @@
-"""What every host port (``hostnic.host.HostPort``) must do alike.
+"""What every host port (``hostnic.core.ports.HostPort``) must do alike.
 
 The same tests run over the fake host of the unit tests
 (``tests/test_host_contract.py``) and over the real netlink host in a
@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any, Coroutine, TypeVar
 import attrs
 from twisted.internet.defer import Deferred
 
+from hostnic.core.ports import HostPort
 from hostnic.errors import HostError
-from hostnic.ports import HostPort
-from hostnic.model import AF_INET6, IFA_F_TEMPORARY, Address, NicRef, NicState
-from hostnic.model import LinkInfo
+from hostnic.state.model import AF_INET6, IFA_F_TEMPORARY, Address, NicRef, NicState
+from hostnic.state.model import LinkInfo
 
 T = TypeVar("T")
 ABSENT = 999_999  # an interface index no test makes

@@ -9,7 +9,7 @@ from typing import Any
 from treq.testing import StubTreq
 from twisted.internet.defer import fail
 
-from hostnic.model import Address
+from hostnic.state.model import Address
 from tests.helpers import EP, EP2, MAC1, MAC2, MAC3, NET, CoreTestCase
 
 URL = "http://admin/"

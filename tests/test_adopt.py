@@ -7,11 +7,11 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from hostnic.api.libnetwork import define_network, lend_nic
 from hostnic.errors import NicUnavailable
-from hostnic.model import Address, Route
-from hostnic.protocol import define_network, lend_nic
+from hostnic.state.model import Address, Route
 from tests.helpers import claim_request
-from hostnic.record import adoption
+from hostnic.kernel.record import adoption
 from tests.fakes import V4, V6
 from tests.helpers import EP, EP2, MAC1, MAC2, NET, NET2, SANDBOX, CoreTestCase, endpoint_body
 

@@ -6,10 +6,10 @@ import attrs
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import globalLogPublisher
 
+from hostnic.api.libnetwork import define_network
+from hostnic.core.commands import EndpointKey, LendNic
 from hostnic.errors import HostnicError, PoolExhausted, StoreError
-from hostnic.model import Address, Phase
-from hostnic.commands import EndpointKey, LendNic
-from hostnic.protocol import define_network
+from hostnic.state.model import Address, Phase
 from tests.helpers import claim_request
 from tests.sched import Scheduler, gated
 from tests.fakes import run_now

@@ -95,7 +95,7 @@ class CommandLineTests(SynchronousTestCase):
         self.assertIn("several managed hostnic plugins", str(caught.exception))
 
     def test_every_read_method_has_a_verb(self) -> None:
-        from hostnic import admin
+        from hostnic.api import admin
         self.assertTrue(admin.READS <= set(ctl.METHODS.values()))
         self.assertTrue(set(ctl.METHODS.values()) <= set(admin.METHODS))
         self.assertEqual(ctl.parse(["nic", "ens5"]).key, "ens5")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from hostnic.model import LinkInfo
+from hostnic.state.model import LinkInfo
 from tests.fakes import FakeHost, FakeLink
 from tests.host_contract import HostContract
 
@@ -27,7 +27,7 @@ class FakeHostContractTests(HostContract, SynchronousTestCase):
 
     def nic(self, name: str, mtu: int = 1500, up: bool = False,
             addresses: tuple[str, ...] = (), mac: str | None = None) -> LinkInfo:
-        from hostnic.model import Address
+        from hostnic.state.model import Address
         parsed = [Address(2, a.split("/")[0], int(a.split("/")[1])) for a in addresses]
         return self.add(name, mac, mtu=mtu, up=up, addresses=parsed)
 

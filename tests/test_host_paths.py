@@ -10,7 +10,7 @@ from typing import Any, Callable
 from twisted.internet.defer import succeed
 from twisted.trial.unittest import SynchronousTestCase
 
-from hostnic.host import NetlinkHost
+from hostnic.kernel.host import NetlinkHost
 
 
 def run_now(f: Callable[..., Any], *args: Any) -> Any:
@@ -46,8 +46,8 @@ class KernelErrorTests(SynchronousTestCase):
     retry of a failed delete and ended a start-up reconciliation)."""
 
     def setUp(self) -> None:
-        from hostnic import rtnl
-        from hostnic.linkwatch import LinkMonitor
+        from hostnic.kernel import rtnl
+        from hostnic.kernel.monitor import LinkMonitor
         from twisted.internet.task import Clock
 
         def exhausted(*args: Any, **kwargs: Any) -> Any:
@@ -62,7 +62,7 @@ class KernelErrorTests(SynchronousTestCase):
         return str(self.failureResultOf(Deferred.fromCoroutine(coroutine), HostError).value)
 
     def test_every_read_says_what_failed(self) -> None:
-        from hostnic.model import NicRef
+        from hostnic.state.model import NicRef
         for coroutine, what in (
                 (self.host.read_state(7), "recording interface 7: Too many open files"),
                 (self.host.adopt(7), "reading the configuration of interface 7: Too many"),
@@ -75,7 +75,7 @@ class KernelErrorTests(SynchronousTestCase):
             self.assertIn(what, self.refusal(coroutine))
 
     def test_a_change_says_what_failed(self) -> None:
-        from hostnic.model import NicState
+        from hostnic.state.model import NicState
         message = self.refusal(self.host.restore(7, NicState("ens7", "02:00:00:00:00:07",
                                                              1500, True)))
         self.assertEqual(message, "restoring interface 7 as ens7: Too many open files")

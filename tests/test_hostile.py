@@ -20,7 +20,7 @@ from twisted.internet.address import UNIXAddress
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from hostnic.web import GuardedSite
+from hostnic.api.http import GuardedSite
 from tests.helpers import EP, MAC1, NET, CoreTestCase
 
 REQUESTS = 2500

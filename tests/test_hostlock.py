@@ -10,8 +10,8 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from hostnic.daemon.hostlock import claim_host, holder
 from hostnic.errors import HostnicError
-from hostnic.hostlock import claim_host, holder
 
 
 class HostLockTests(TestCase):

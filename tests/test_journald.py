@@ -6,7 +6,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from hostnic.journald import JournaldObserver, TextObserver
+from hostnic.daemon.journald import JournaldObserver, TextObserver
 
 
 class JournaldTests(SynchronousTestCase):
@@ -44,7 +44,7 @@ class TextObserverTests(SynchronousTestCase):
     def test_twistd_uses_it_unless_told_otherwise(self) -> None:
         from twisted.application.service import Application
         from twisted.logger import ILogObserver
-        from hostnic.tap import HostnicServices
+        from hostnic.daemon.tap import HostnicServices
         application = Application("hostnic")
         HostnicServices().setServiceParent(application)
         self.assertIsInstance(ILogObserver(application), TextObserver)

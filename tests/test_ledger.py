@@ -9,9 +9,9 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from hostnic.errors import StoreError
-from hostnic.ledger import Ledger
-from hostnic.model import Claim, NicRef, Phase, State
-from hostnic.store import StateStore
+from hostnic.state.ledger import Ledger
+from hostnic.state.model import Claim, NicRef, Phase, State
+from hostnic.state.store import StateStore
 from tests.helpers import EP, MAC1, NET
 
 

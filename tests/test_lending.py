@@ -10,10 +10,10 @@ import attrs
 
 from twisted.internet.defer import Deferred
 
+from hostnic.api.libnetwork import define_network, lend_nic
+from hostnic.core.commands import EndpointKey
 from hostnic.errors import HostError, NicUnavailable, StoreError, UnknownObject
-from hostnic.model import Address, NicRef, Phase
-from hostnic.commands import EndpointKey
-from hostnic.protocol import define_network, lend_nic
+from hostnic.state.model import Address, NicRef, Phase
 from tests.fakes import FakeLink, run_now
 from tests.helpers import (EP, EP2, MAC1, MAC2, NET, NET2, SANDBOX, CoreTestCase, join_body,
                            network_body)

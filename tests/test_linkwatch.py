@@ -11,10 +11,10 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from hostnic.linkwatch import Inventory, LinkMonitor
-from hostnic.model import IFF_UP, Address, LinkInfo
-from hostnic.rtnl import (RTM_DELADDR, RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK, AddrInfo,
+from hostnic.kernel.monitor import Inventory, LinkMonitor
+from hostnic.kernel.rtnl import (RTM_DELADDR, RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK, AddrInfo,
                           parse_messages)
+from hostnic.state.model import IFF_UP, Address, LinkInfo
 
 
 def rtattr(kind: int, value: bytes) -> bytes:

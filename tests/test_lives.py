@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from hostnic.store import JOURNAL_PREFIX, STATE_FILE
+from hostnic.state.store import JOURNAL_PREFIX, STATE_FILE
 from tests.helpers import MAC1, MAC2, NET, NET2, CoreTestCase
 
 
@@ -63,7 +63,7 @@ class LivesTests(CoreTestCase):
         self.assertEqual(sorted(self.core.state.networks), [NET, NET2])
 
     def test_only_the_store_that_loaded_saves(self) -> None:
-        from hostnic.store import StateStore
+        from hostnic.state.store import StateStore
         from tests.fakes import run_now
         from twisted.internet.defer import Deferred
         stranger = StateStore(self.state_dir, run_now)

@@ -9,7 +9,7 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from hostnic.host import pci_address
+from hostnic.kernel.host import pci_address
 
 
 class PciAddressTests(SynchronousTestCase):

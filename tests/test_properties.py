@@ -29,11 +29,11 @@ from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from hostnic.core import Core
+from hostnic.api.libnetwork import define_network
+from hostnic.core.commands import EndpointKey, LendNic
+from hostnic.core.owner import Core
 from hostnic.errors import HostError, HostnicError, StoreError
-from hostnic.model import Phase
-from hostnic.commands import EndpointKey, LendNic
-from hostnic.protocol import define_network
+from hostnic.state.model import Phase
 from tests.helpers import claim_request
 from tests.fakes import FakeHost, run_now
 from tests.helpers import NET, NET2, CoreTestCase, endpoint_body, network_body

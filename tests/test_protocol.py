@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from hostnic.api.libnetwork import CreateEndpoint, define_network
 from hostnic.errors import BadRequest, InvalidOption
-from hostnic.model import normalize_mac
-from hostnic.protocol import CreateEndpoint, define_network
+from hostnic.state.model import normalize_mac
 from tests.helpers import MAC1, NET, endpoint_body, network_body
 
 

@@ -10,8 +10,8 @@ import json
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from hostnic.model import Phase
-from hostnic.protocol import lend_nic
+from hostnic.api.libnetwork import lend_nic
+from hostnic.state.model import Phase
 from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 

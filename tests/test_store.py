@@ -11,10 +11,10 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from hostnic.errors import StoreError
-from hostnic.model import (Address, Adopted, Claim, Network, NicRef, NicState, Phase, Route,
+from hostnic.state.fileformat import decode, encode
+from hostnic.state.model import (Address, Adopted, Claim, Network, NicRef, NicState, Phase, Route,
                            State)
-from hostnic.statefile import decode, encode
-from hostnic.store import StateStore
+from hostnic.state.store import StateStore
 from tests.fakes import Crash, FaultyFileSystem, run_now
 from tests.helpers import EP, MAC1, MAC2, NET
 

@@ -9,10 +9,10 @@ from typing import Any
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.trial.unittest import SynchronousTestCase
 
-from hostnic.compose import Daemon, Ports, Settings, build
+from hostnic.daemon.compose import Daemon, Ports, Settings, build
+from hostnic.daemon.sdnotify import watchdog_interval
+from hostnic.daemon.tap import HostnicService, is_network_endpoint
 from hostnic.errors import HostnicError
-from hostnic.sdnotify import watchdog_interval
-from hostnic.tap import HostnicService, is_network_endpoint
 from tests.fakes import FakeHost, run_now
 
 
@@ -91,11 +91,11 @@ class FatalTests(SynchronousTestCase):
 
 class CompositionTests(SynchronousTestCase):
     def test_twistd_serves_the_daemon_the_composition_root_built(self) -> None:
-        """makeService builds through hostnic.compose.build, whose store
+        """makeService builds through hostnic.daemon.compose.build, whose store
         loaded the state directory: no second store, no second core."""
-        from hostnic import tap
-        from hostnic.model import Network, NicRef, State
-        from hostnic.store import StateStore
+        from hostnic.daemon import tap
+        from hostnic.state.model import Network, NicRef, State
+        from hostnic.state.store import StateStore
         from twisted.internet.defer import Deferred
         state_dir = self.mktemp()
         first = StateStore(state_dir, run_now)

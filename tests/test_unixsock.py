@@ -9,7 +9,7 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from hostnic.unixsock import prepare, split_endpoint
+from hostnic.daemon.sockets import prepare, split_endpoint
 
 
 class SplitTests(SynchronousTestCase):

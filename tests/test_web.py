@@ -12,7 +12,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
-from hostnic.web import GuardedSite, Limits, NotJSON, driver_refusal, jsonrpc_refusal, loads
+from hostnic.api.http import GuardedSite, Limits, NotJSON, driver_refusal, jsonrpc_refusal, loads
 
 
 class Broken(Resource):

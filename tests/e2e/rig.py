@@ -201,7 +201,7 @@ class Rig:
     def start_plugin(self, state_dir: str | None = None, crash_at: str | None = None,
                      wait: bool = True) -> None:
         """As a user does: twistd from the installed package. ``crash_at``
-        arms a crash point (hostnic/faults.py) in this process only. A
+        arms a crash point (hostnic/core/crashpoints.py) in this process only. A
         managed plugin is created and enabled once; after that dockerd
         itself starts it again whenever it dies: wait for that."""
         if self.managed:

@@ -11,7 +11,7 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from hostnic import netlink
+from hostnic.kernel import changes
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -47,11 +47,11 @@ class NetnsTestCase(SynchronousTestCase):
             self.addCleanup(ip, "netns", "del", name, check=False)
         ip("-n", self.ns, "link", "set", "lo", "up")
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        netlink.forget_thread_socket()
+        changes.forget_thread_socket()
         _setns(f"/run/netns/{self.ns}")
 
         def go_home() -> None:
-            netlink.forget_thread_socket()
+            changes.forget_thread_socket()
             if _libc.setns(home, CLONE_NEWNET) != 0:
                 raise OSError(ctypes.get_errno(), "setns home failed")
             os.close(home)

@@ -1,7 +1,7 @@
 """Socket activation as systemd does it: this test holds the listening unix
 socket (mode 0660) and activates the installed daemon on it three times.
 
-Pins hostnic.activation's fix of Twisted's adopted unix sockets: the mode
+Pins hostnic.daemon.activation's fix of Twisted's adopted unix sockets: the mode
 stays, the path stays, and systemd's copy keeps listening after each stop, so
 a request sent while hostnic is down is answered by the next activation."""
 
@@ -47,7 +47,7 @@ class ActivationTests(NetnsTestCase):
                "NOTIFY_SOCKET": os.path.join(self.work, "notify")}
         proc = subprocess.Popen(
             ["ip", "netns", "exec", self.ns, "sh", "-c", 'export LISTEN_PID=$$; exec "$@"', "sh",
-             TWISTD, "-n", "--pidfile=", "--logger", "hostnic.journald.observer", "hostnic",
+             TWISTD, "-n", "--pidfile=", "--logger", "hostnic.daemon.journald.observer", "hostnic",
              "--socket", "systemd:domain=UNIX:name=hostnic.sock",
              "--admin", f"unix:{self.work}/admin.sock",
              "--state-dir", os.path.join(self.work, "state")],
@@ -99,4 +99,4 @@ class ActivationTests(NetnsTestCase):
             pending.sendall(REQUEST)
         print(f"cold start to first answer: {cold_start:.2f}s")
         log = open(os.path.join(self.work, "log")).read()
-        self.assertIn("<6>[hostnic.tap.HostnicService] driver API listening on", log)
+        self.assertIn("<6>[hostnic.daemon.tap.HostnicService] driver API listening on", log)

@@ -11,10 +11,10 @@ from typing import Any, Callable
 import pytest
 from twisted.internet.defer import Deferred
 
-from hostnic import rtnl
-from hostnic.host import NetlinkHost
-from hostnic.linkwatch import LinkMonitor
-from hostnic.model import LinkInfo
+from hostnic.kernel import rtnl
+from hostnic.kernel.host import NetlinkHost
+from hostnic.kernel.monitor import LinkMonitor
+from hostnic.state.model import LinkInfo
 from tests.fakes import run_now
 from tests.host_contract import HostContract
 from tests.netns.nsutil import FakeReactor, NetnsTestCase, ip

@@ -8,10 +8,10 @@ from typing import Any, Coroutine
 
 from twisted.internet.defer import Deferred
 
-from hostnic.compose import Ports, Settings, build
-from hostnic.host import NetlinkHost
-from hostnic.linkwatch import LinkMonitor
-from hostnic.protocol import define_network, lend_nic
+from hostnic.api.libnetwork import define_network, lend_nic
+from hostnic.daemon.compose import Ports, Settings, build
+from hostnic.kernel.host import NetlinkHost
+from hostnic.kernel.monitor import LinkMonitor
 from tests.helpers import claim_request
 from tests.fakes import run_now
 from tests.helpers import endpoint_body, join_body, network_body

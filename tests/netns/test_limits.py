@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from hostnic.store import StateStore
+from hostnic.state.store import StateStore
 from tests.fakes import run_now
 from tests.netns.nsutil import ip
 from tests.netns.test_daemon import NET, TWISTD, DaemonTestCase

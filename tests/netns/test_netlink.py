@@ -8,13 +8,13 @@ import socket
 
 from twisted.internet.defer import Deferred
 
-from hostnic import netlink
-from hostnic.host import NetlinkHost, find_links
-from hostnic.record import read as host_read_state
-from hostnic import record, rtnl
-from hostnic.linkwatch import LinkMonitor
-from hostnic.rtnl import dump_links
-from hostnic.model import Address, LinkInfo, NicRef, NicState
+from hostnic.kernel import changes
+from hostnic.kernel import record, rtnl
+from hostnic.kernel.host import NetlinkHost, find_links
+from hostnic.kernel.monitor import LinkMonitor
+from hostnic.kernel.record import read as host_read_state
+from hostnic.kernel.rtnl import dump_links
+from hostnic.state.model import Address, LinkInfo, NicRef, NicState
 from tests.fakes import run_now
 from tests.netns.nsutil import FakeReactor, NetnsTestCase, ip
 
@@ -27,7 +27,7 @@ class NetlinkTests(NetnsTestCase):
     def lend_and_get_back(self, index: int, mac: str) -> LinkInfo:
         """hostnic's rename, then what dockerd does: move, rename eth0,
         configure, use; then down, the transit name again, and home."""
-        netlink.rename(index, "hntransit")
+        changes.rename(index, "hntransit")
         ip("-n", self.ns, "link", "set", "hntransit", "netns", self.sandbox)
         ip("-n", self.sandbox, "link", "set", "hntransit", "name", "eth0")
         ip("-n", self.sandbox, "addr", "add", "192.168.5.10/24", "dev", "eth0")
@@ -54,7 +54,7 @@ class NetlinkTests(NetnsTestCase):
 
         back = self.lend_and_get_back(link.index, mac)
         self.assertFalse(back.up)
-        self.assertEqual(netlink.restore(back.index, original), [])
+        self.assertEqual(changes.restore(back.index, original), [])
         self.assertEqual(host_read_state(back.index).addresses, original.addresses)
         shown = json.loads(ip("-n", self.ns, "-j", "addr", "show", "dev", "ens9"))[0]
         self.assertEqual((shown["mtu"], shown["address"], "UP" in shown["flags"]), (1400, mac, True))
@@ -98,7 +98,7 @@ class NetlinkTests(NetnsTestCase):
 
         back = self.lend_and_get_back(link.index, mac)
         self.assertNotEqual(host_read_state(back.index).sysctls, original.sysctls)  # reset
-        self.assertEqual(netlink.restore(back.index, original), [])
+        self.assertEqual(changes.restore(back.index, original), [])
 
         now = host_read_state(back.index)
         for field in ("name", "mac", "mtu", "up", "routes", "sysctls", "alias", "altnames",
@@ -142,7 +142,7 @@ class NetlinkTests(NetnsTestCase):
         self.veth("ens8")  # someone took the name while the NIC was lent
         link = rtnl.get_link(name="ens9")
         assert link is not None
-        problems = netlink.restore(link.index, original)
+        problems = changes.restore(link.index, original)
         self.assertEqual(len(problems), 1)
         self.assertIn("name ens8", problems[0])
         self.assertIn((socket.AF_INET, "10.6.0.6", 24),
@@ -175,7 +175,7 @@ class NetlinkTests(NetnsTestCase):
         link = rtnl.get_link(name="ens9")
         assert link is not None
         original = host_read_state(link.index)
-        netlink.rename(link.index, "hntransit")
+        changes.rename(link.index, "hntransit")
         # A container's namespace: only its loopback (no index to collide with).
         container = self.ns.replace("hnt", "hnc")
         ip("netns", "add", container)
@@ -189,7 +189,7 @@ class NetlinkTests(NetnsTestCase):
         self.assertEqual(back.index, link.index)
         self.assertTrue(NicRef(mac).is_link(back.mac, back.perm, back.index, original.index))
         self.assertFalse(NicRef(mac).is_link(back.mac, back.perm, back.index))
-        self.assertEqual(netlink.restore(back.index, original), [])
+        self.assertEqual(changes.restore(back.index, original), [])
         shown = json.loads(ip("-n", self.ns, "-j", "link", "show", "dev", "ens9"))[0]
         self.assertEqual((shown["address"], "UP" in shown["flags"]), (mac, True))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hostnic.store import StateStore
+from hostnic.state.store import StateStore
 from tests.fakes import run_now
 from tests.netns.nsutil import ip
 from tests.netns.test_daemon import EP, NET, TWISTD, DaemonTestCase

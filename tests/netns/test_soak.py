@@ -12,7 +12,7 @@ import pytest
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from bench.soak import BAD, Soak
-from hostnic.faults import POINTS
+from hostnic.core.crashpoints import POINTS
 
 pytestmark = pytest.mark.netns
 

@@ -2,5 +2,5 @@
 from twisted.application.service import ServiceMaker
 
 hostnic = ServiceMaker(
-    "hostnic", "hostnic.tap",
+    "hostnic", "hostnic.daemon.tap",
     "Docker network driver that hands host NICs to containers", "hostnic")

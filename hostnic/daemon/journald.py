@@ -2,7 +2,7 @@
 stdout, at a fraction of the cost of twistd's default text observer (which
 took ~0.3 ms of the reactor per driver call here).
 
-- ``observer`` (``twistd --logger hostnic.journald.observer``, the systemd
+- ``observer`` (``twistd --logger hostnic.daemon.journald.observer``, the systemd
   unit's): each line carries its syslog priority as a ``<N>`` prefix, which
   journald reads, and no timestamp (journald adds its own).
 - ``TextObserver``: a timestamp, the level and the namespace, for a terminal

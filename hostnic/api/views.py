@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from hostnic.model import LinkInfo
-from hostnic.model import Address, Adopted, Claim, Network, NicRef, NicState, Phase, State
+from hostnic.state.model import LinkInfo
+from hostnic.state.model import Address, Adopted, Claim, Network, NicRef, NicState, Phase, State
 
 VIRTUAL_HINT = "virtual"
 

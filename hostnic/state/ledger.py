@@ -20,7 +20,7 @@ from typing import Callable, Protocol, TypeVar
 
 import attrs
 
-from hostnic.model import Claim, Network, State
+from hostnic.state.model import Claim, Network, State
 
 Change = Callable[[State], State]
 T = TypeVar("T", Claim, Network)

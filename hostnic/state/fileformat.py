@@ -13,9 +13,9 @@ from typing import Any, Callable, Mapping, TypeVar
 
 import attrs
 
-from hostnic.model import (Address, Adopted, Claim, Network, NicRef, NicState, Phase, Route,
-                           State, normalize_mac)
 from hostnic.errors import InvalidOption
+from hostnic.state.model import (Address, Adopted, Claim, Network, NicRef, NicState, Phase, Route,
+                           State, normalize_mac)
 
 FORMAT_VERSION = 2  # 1: pools and claims held bare MACs
 T = TypeVar("T")

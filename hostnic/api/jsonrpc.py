@@ -11,9 +11,9 @@ from typing import Any, Awaitable, Callable
 import attrs
 from twisted.logger import Logger
 
+from hostnic.api.http import NotJSON, dumps, loads
 from hostnic.errors import HostnicError
-from hostnic.text import capped, quoted
-from hostnic.web import NotJSON, dumps, loads
+from hostnic.sentences import capped, quoted
 
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND = -32700, -32600, -32601
 INVALID_PARAMS, INTERNAL_ERROR = -32602, -32603

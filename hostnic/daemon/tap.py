@@ -22,15 +22,16 @@ from twisted.python import usage
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
-from hostnic.activation import server_endpoint
-from hostnic.admin import read_token
-from hostnic.compose import Daemon, Settings, build, kernel_ports
+from hostnic.api.admin import read_token
+from hostnic.api.http import GuardedSite
+from hostnic.daemon import sockets
+from hostnic.daemon.activation import server_endpoint
+from hostnic.daemon.compose import Daemon, Settings, build, kernel_ports
+from hostnic.daemon.hostlock import claim_host, describe_self
+from hostnic.daemon.journald import text_observer
+from hostnic.daemon.sdnotify import notify, watchdog_interval
 from hostnic.errors import HostnicError
-from hostnic.hostlock import claim_host, describe_self
-from hostnic.journald import text_observer
-from hostnic import record, unixsock
-from hostnic.sdnotify import notify, watchdog_interval
-from hostnic.web import GuardedSite
+from hostnic.kernel import record
 
 STOP_GRACE = 10.0  # seconds a stop waits for calls and work under way, each
 DEFAULT_SOCKET = "unix:/run/docker/plugins/hostnic.sock:mode=660:lockfile=1"
@@ -101,7 +102,7 @@ class Options(usage.Options):
 
 @attrs.define(eq=False)
 class HostnicService(service.Service):
-    """Serves one daemon (see ``hostnic.compose``) on the driver and admin
+    """Serves one daemon (see ``hostnic.daemon.compose``) on the driver and admin
     endpoints, and tells systemd how it goes."""
 
     reactor: Any
@@ -124,7 +125,7 @@ class HostnicService(service.Service):
         self.sites = self.daemon.sites()
         for name, site in self.sites.items():
             description = self.endpoints[name]
-            unixsock.prepare(description)
+            sockets.prepare(description)
             listening = server_endpoint(self.reactor, description).listen(site)
             listening.addCallback(self._listening, name)
             listens.append(listening)

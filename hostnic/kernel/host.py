@@ -21,11 +21,11 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 
-from hostnic import record, rtnl
 from hostnic.errors import HostError, HostnicError
-from hostnic.linkwatch import LinkMonitor
-from hostnic.model import Address, Adopted, LinkInfo, NicRef, NicState, proven
-from hostnic.rtnl import RTM_NEWLINK
+from hostnic.kernel import record, rtnl
+from hostnic.kernel.monitor import LinkMonitor
+from hostnic.kernel.rtnl import RTM_NEWLINK
+from hostnic.state.model import Address, Adopted, LinkInfo, NicRef, NicState, proven
 
 Run = Callable[..., "Deferred[Any]"]
 
@@ -65,10 +65,10 @@ def translated(what: str, f: Callable[..., Any], *args: Any) -> Any:
 
 
 def change(name: str, *args: Any) -> Any:
-    """Run ``hostnic.netlink.<name>`` (imported on first use, in the netlink
+    """Run ``hostnic.kernel.changes.<name>`` (imported on first use, in the netlink
     thread: pyroute2 is costly to load and most starts need none of it)."""
-    from hostnic import netlink
-    return getattr(netlink, name)(*args)
+    from hostnic.kernel import changes
+    return getattr(changes, name)(*args)
 
 
 def find_links(nic: NicRef, transit_name: str | None) -> list[LinkInfo]:

@@ -11,7 +11,7 @@ from typing import Mapping
 
 import attrs
 
-from hostnic.model import Route
+from hostnic.state.model import Route
 
 
 @attrs.frozen

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Callable, Mapping
 
+from hostnic.core.commands import DefineNetwork
 from hostnic.errors import NicUnavailable, PoolExhausted
-from hostnic.model import Network, NicRef, State
-from hostnic.commands import DefineNetwork
-from hostnic.text import quoted, short
+from hostnic.sentences import quoted, short
+from hostnic.state.model import Network, NicRef, State
 
 Label = Callable[[NicRef], str]
 

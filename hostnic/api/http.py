@@ -31,7 +31,7 @@ from twisted.web import http, server
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
-from hostnic.text import capped
+from hostnic.sentences import capped
 
 log = Logger()
 Refusal = Callable[[int, str], bytes]  # (HTTP status, message) -> body

@@ -4,7 +4,7 @@ netlink events so the request path neither dumps nor asks the kernel.
 
 A raw ``AF_NETLINK`` socket bound to the link and address groups is read on
 the reactor (it never blocks: it is drained until EAGAIN), decoded by
-``hostnic.rtnl``'s small parser. Before a lookup the socket is drained, and
+``hostnic.kernel.rtnl``'s small parser. Before a lookup the socket is drained, and
 the kernel queues an event before the change that caused it returns, so a
 drained inventory is the kernel's view: lookups need no confirming get. On
 ENOBUFS (the kernel dropped events) the inventory resyncs from dumps taken in
@@ -29,10 +29,10 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from hostnic.model import Address, LinkInfo
-from hostnic.rtnl import (NETLINK_ROUTE, RECV_BUFFER, RTM_DELADDR, RTM_DELLINK, RTM_NEWADDR,
+from hostnic.kernel.rtnl import (NETLINK_ROUTE, RECV_BUFFER, RTM_DELADDR, RTM_DELLINK, RTM_NEWADDR,
                           RTM_NEWLINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK,
                           AddrInfo, dump_addresses, dump_links, parse_messages)
+from hostnic.state.model import Address, LinkInfo
 
 Event = tuple[int, Any]  # (message type, LinkInfo or AddrInfo)
 

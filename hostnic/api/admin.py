@@ -16,15 +16,17 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from hostnic import __version__, views
-from hostnic.calls import CallLog
-from hostnic.core import Core
+from hostnic import __version__
+
+from hostnic.api import views
+from hostnic.api.http import shielded
+from hostnic.api.jsonrpc import INVALID_PARAMS, Dispatcher, Method, RPCError
+from hostnic.core.events import CallLog
+from hostnic.core.owner import Core
 from hostnic.errors import (HostError, HostnicError, InvalidOption, NicUnavailable,
                             PoolExhausted, StoreError, UnknownObject)
-from hostnic.jsonrpc import INVALID_PARAMS, Dispatcher, Method, RPCError
-from hostnic.model import normalize_mac, valid_ifname
-from hostnic.text import quoted
-from hostnic.web import shielded
+from hostnic.sentences import quoted
+from hostnic.state.model import normalize_mac, valid_ifname
 
 MAX_BODY = 1 << 20
 ERROR_CODES: dict[type[HostnicError], int] = {

@@ -1,5 +1,5 @@
 """The libnetwork remote driver API's requests, parsed from their JSON bodies
-into the core's commands (``hostnic.commands``).
+into the core's commands (``hostnic.core.commands``).
 
 Parsing is strict about shapes and lenient only where dockerd is (``Options``
 may be null). Every failure is a BadRequest or InvalidOption whose message
@@ -14,10 +14,10 @@ from typing import Any, Mapping
 import attrs
 import netaddr
 
-from hostnic.commands import ClaimNic, DefineNetwork, EndpointKey, LendNic
+from hostnic.core.commands import ClaimNic, DefineNetwork, EndpointKey, LendNic
 from hostnic.errors import BadRequest, InvalidOption
-from hostnic.model import normalize_mac, valid_ifname
-from hostnic.text import quoted
+from hostnic.sentences import quoted
+from hostnic.state.model import normalize_mac, valid_ifname
 
 GENERIC = "com.docker.network.generic"
 OPT_MAC = "hostnic_mac"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Callable, Protocol
 
-from hostnic.model import Address, Adopted, LinkInfo, NicRef, NicState
+from hostnic.state.model import Address, Adopted, LinkInfo, NicRef, NicState
 
 
 class HostPort(Protocol):

@@ -15,7 +15,7 @@ import attrs
 import netaddr
 
 from hostnic.errors import InvalidOption
-from hostnic.text import quoted
+from hostnic.sentences import quoted
 
 
 def normalize_mac(text: str) -> str:

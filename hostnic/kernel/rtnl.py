@@ -3,7 +3,7 @@ attributes it needs (~50x cheaper than a generic decoder: a 2,000-link dump
 costs milliseconds, not seconds).
 
 Reading only. Links and addresses are changed through pyroute2, in
-``hostnic.netlink``. The blocking helpers here run in threads (or, for the
+``hostnic.kernel.changes``. The blocking helpers here run in threads (or, for the
 event socket, on the reactor, which never waits on it).
 """
 
@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import attrs
 
-from hostnic.model import Address, LinkInfo, Route
+from hostnic.state.model import Address, LinkInfo, Route
 
 NETLINK_ROUTE = 0
 NETLINK_GET_STRICT_CHK = 12

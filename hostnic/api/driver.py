@@ -14,14 +14,14 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from hostnic.calls import CallLog
-from hostnic.narration import telling
-from hostnic.core import Core
-from hostnic.errors import BadRequest, HostnicError
-from hostnic.protocol import (CreateEndpoint, define_network, endpoint_key, lend_nic,
+from hostnic.api.http import NotJSON, dumps, loads, shielded
+from hostnic.api.libnetwork import (CreateEndpoint, define_network, endpoint_key, lend_nic,
                               network_id_of)
-from hostnic.text import capped, quoted
-from hostnic.web import NotJSON, dumps, loads, shielded
+from hostnic.core.events import CallLog
+from hostnic.core.narration import telling
+from hostnic.core.owner import Core
+from hostnic.errors import BadRequest, HostnicError
+from hostnic.sentences import capped, quoted
 
 MAX_BODY = 1 << 20  # dockerd's requests are a few KiB
 Handler = Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]

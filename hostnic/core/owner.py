@@ -20,22 +20,21 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from hostnic import pools
-from hostnic.calls import CallLog
-from hostnic.narration import narrate, untold
-from hostnic.commands import ClaimNic, Claimed, DefineNetwork, EndpointKey, LendNic, Lent
+from hostnic.core import guards, pools
+from hostnic.core.commands import ClaimNic, Claimed, DefineNetwork, EndpointKey, LendNic, Lent
+from hostnic.core.crashpoints import crashpoint
+from hostnic.core.events import CallLog
+from hostnic.core.guards import refusal
+from hostnic.core.lending import Lender, Released
+from hostnic.core.locks import KeyedLocks
+from hostnic.core.narration import narrate, untold
+from hostnic.core.ports import HostPort
+from hostnic.core.retry import Retrier
 from hostnic.errors import HostnicError, NicUnavailable, UnknownObject
-from hostnic.faults import crashpoint
-from hostnic import guards
-from hostnic.guards import refusal
-from hostnic.ports import HostPort
-from hostnic.ledger import Ledger, Store
-from hostnic.lending import Lender, Released
-from hostnic.model import LinkInfo
-from hostnic.locks import KeyedLocks
-from hostnic.model import Adopted, Claim, Network, NicRef, Phase, State, transit_name
-from hostnic.retry import Retrier
-from hostnic.text import short
+from hostnic.sentences import short
+from hostnic.state.ledger import Ledger, Store
+from hostnic.state.model import LinkInfo
+from hostnic.state.model import Adopted, Claim, Network, NicRef, Phase, State, transit_name
 
 
 def _differs(before: Adopted | None, after: Adopted) -> bool:

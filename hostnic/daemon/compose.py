@@ -1,6 +1,6 @@
 """The composition root: the one place hostnic's object graph is built.
 
-``twistd hostnic`` (``hostnic.tap``) builds its daemon here, and so does every
+``twistd hostnic`` (``hostnic.daemon.tap``) builds its daemon here, and so does every
 test that needs a core: they differ only in the ports handed in (the host,
 the clocks, the threads, the file system), never in how the store, ledger,
 core and APIs are put together. The store that loaded the state is the store
@@ -19,14 +19,14 @@ import attrs
 from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from hostnic.admin import AdminAPI, ServiceInfo
-from hostnic.core import Core
-from hostnic.driver import DriverAPI
-from hostnic.host import NetlinkHost
-from hostnic.ports import HostPort
-from hostnic.linkwatch import LinkMonitor
-from hostnic.store import COMPACT_EVERY, RunInThread, StateStore
-from hostnic.web import GuardedSite, Limits, driver_refusal, jsonrpc_refusal
+from hostnic.api.admin import AdminAPI, ServiceInfo
+from hostnic.api.driver import DriverAPI
+from hostnic.api.http import GuardedSite, Limits, driver_refusal, jsonrpc_refusal
+from hostnic.core.owner import Core
+from hostnic.core.ports import HostPort
+from hostnic.kernel.host import NetlinkHost
+from hostnic.kernel.monitor import LinkMonitor
+from hostnic.state.store import COMPACT_EVERY, RunInThread, StateStore
 
 DRIVER_CONNECTIONS = 512  # dockerd opens one per call; hundreds of parallel starts fit
 ADMIN_CONNECTIONS = 64
@@ -51,7 +51,7 @@ class Ports:
     host: HostPort  # the host network namespace
     run_in_thread: RunInThread  # the store's writes (fsync) off the reactor
     clock: Callable[[], float] = time.time  # the wall clock of claims and leases
-    fs: Any = os  # the store's file operations (hostnic.store.FileSystem)
+    fs: Any = os  # the store's file operations (hostnic.state.store.FileSystem)
 
 
 @attrs.define(eq=False)

@@ -19,16 +19,16 @@ from typing import Any, Callable
 import attrs
 from twisted.logger import Logger
 
-from hostnic.calls import CallLog
-from hostnic.narration import narrate
+from hostnic.core.crashpoints import crashpoint
+from hostnic.core.events import CallLog
+from hostnic.core.guards import refusal
+from hostnic.core.narration import narrate
+from hostnic.core.ports import HostPort
 from hostnic.errors import HostnicError, NicUnavailable, StoreError, UnknownObject
-from hostnic.faults import crashpoint
-from hostnic.guards import refusal
-from hostnic.ports import HostPort
-from hostnic.ledger import Ledger
-from hostnic.model import Claim, NicRef, NicState, Phase
-from hostnic.model import LinkInfo
-from hostnic.text import short
+from hostnic.sentences import short
+from hostnic.state.ledger import Ledger
+from hostnic.state.model import Claim, NicRef, NicState, Phase
+from hostnic.state.model import LinkInfo
 
 # dockerd makes a container's namespace file (the SandboxKey) only when it
 # starts the container, after Join: until then the NIC waits at home under

@@ -1,6 +1,6 @@
 """Every change hostnic makes to a NIC, through pyroute2, and the only module
 that imports it. All functions block: they run in hostnic's one netlink
-thread, which owns the one IPRoute socket (reads go through ``hostnic.rtnl``
+thread, which owns the one IPRoute socket (reads go through ``hostnic.kernel.rtnl``
 and the event-driven inventory instead).
 
 pyroute2 costs ~100 ms and ~20 MiB to import: this module is loaded on the
@@ -18,10 +18,10 @@ from typing import Any, Callable
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from hostnic import record, rtnl
 from hostnic.errors import HostError
-from hostnic.model import USER_ADDRESS_FLAGS, Address, NicState, Route
-from hostnic.record import read_sysctls
+from hostnic.kernel import record, rtnl
+from hostnic.kernel.record import read_sysctls
+from hostnic.state.model import USER_ADDRESS_FLAGS, Address, NicState, Route
 
 EEXIST = 17
 _local = threading.local()

@@ -8,9 +8,9 @@ import os
 import time
 from typing import Sequence
 
-from hostnic import rtnl
 from hostnic.errors import HostError
-from hostnic.model import (AF_INET, AF_INET6, RT_TABLE_LOCAL, RT_TABLE_MAIN, RTPROT_KERNEL,
+from hostnic.kernel import rtnl
+from hostnic.state.model import (AF_INET, AF_INET6, RT_TABLE_LOCAL, RT_TABLE_MAIN, RTPROT_KERNEL,
                            RTPROT_RA, Address, Adopted, LinkInfo, NicState, Route)
 
 # The host's net sysctls; twistd's --sysctl-dir moves it (a managed plugin).

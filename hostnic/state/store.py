@@ -30,9 +30,9 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from hostnic.errors import StoreError
-from hostnic.model import State
-from hostnic.statefile import (StateFileError, apply_record, changes, decode_snapshot, encode,
+from hostnic.state.fileformat import (StateFileError, apply_record, changes, decode_snapshot, encode,
                                encode_record)
+from hostnic.state.model import State
 
 RunInThread = Callable[..., "Deferred[Any]"]
 STATE_FILE = "state.json"

@@ -3,9 +3,9 @@ network is created and again at every lend: a host changes in between."""
 
 from __future__ import annotations
 
-from hostnic.ports import HostPort
-from hostnic.model import NicRef
-from hostnic.model import LinkInfo
+from hostnic.core.ports import HostPort
+from hostnic.state.model import NicRef
+from hostnic.state.model import LinkInfo
 
 
 def shared_mac_lower(carriers: list[LinkInfo]) -> LinkInfo | None:
