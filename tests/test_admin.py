@@ -114,8 +114,8 @@ class MethodTests(AdminTestCase):
                                      "params": {"key": "a/b"}})[0], -32602)
 
     def test_events_and_metrics(self) -> None:
-        self.core.journal.record("NetworkDriver.Join", 0.003, None)
-        self.core.journal.record("NetworkDriver.Join", 0.2, "refused")
+        self.core.events.record("NetworkDriver.Join", 0.003, None)
+        self.core.events.record("NetworkDriver.Join", 0.2, "refused")
         events = self.result("events.recent", {"limit": 2})
         self.assertEqual([e["kind"] for e in events], ["call", "call"])
         self.assertEqual(events[1]["error"], "refused")

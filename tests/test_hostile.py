@@ -229,5 +229,5 @@ class HostileClientTests(CoreTestCase):
         self.assertEqual(set(self.core.state.networks), {NET})
         self.assertEqual(set(self.core.state.claims), {EP})
         # What the journal keeps of refused requests is bounded too.
-        for event in self.core.journal.last(self.core.journal.size):
+        for event in self.core.events.last(self.core.events.size):
             self.assertLess(len(json.dumps(event)), 2048)

@@ -93,3 +93,16 @@ class LayerTests(SynchronousTestCase):
         self.assertIn("hostnic.core.ports", self.reach("hostnic.core.owner"))
         self.assertIn("hostnic.core.owner", self.reach("hostnic.daemon.compose"))
         self.assertTrue(any(m.startswith("hostnic.kernel.") for m in self.modules))
+
+    def test_the_admin_api_reads_what_the_core_publishes(self) -> None:
+        """Not the core's collaborators (its host, lender, ledger, store) nor
+        its live state: its view, its host view, its events, its commands."""
+        allowed = {"view", "host_view", "events", "forget_network", "release"}
+        used = set()
+        tree = ast.parse((PACKAGE / "api" / "admin.py").read_text())
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+                    and node.value.attr == "core"):
+                used.add(node.attr)
+        self.assertTrue(used)
+        self.assertEqual(used - allowed, set())

@@ -21,7 +21,7 @@ from hostnic import __version__
 from hostnic.api import views
 from hostnic.api.http import shielded
 from hostnic.api.jsonrpc import INVALID_PARAMS, Dispatcher, Method, RPCError
-from hostnic.core.events import CallLog
+from hostnic.core.events import EventLog
 from hostnic.core.owner import Core
 from hostnic.errors import (HostError, HostnicError, InvalidOption, NicUnavailable,
                             PoolExhausted, StoreError, UnknownObject)
@@ -68,8 +68,8 @@ class AdminAPI:
             self.rpc.register(name, method)
 
     @property
-    def journal(self) -> CallLog:
-        return self.core.journal
+    def events(self) -> EventLog:
+        return self.core.events
 
     # -- HTTP --------------------------------------------------------------
 
@@ -126,7 +126,8 @@ class AdminAPI:
     # -- methods -----------------------------------------------------------
 
     async def status(self) -> dict[str, Any]:
-        state = self.core.state
+        view = self.core.view()
+        state = view.state
         pooled = [nic.mac for n in state.networks.values() for nic in n.pool]
         claimed = {c.mac for c in state.claims.values()}
         return {"version": __version__, "pid": self.info.pid,
@@ -135,18 +136,18 @@ class AdminAPI:
                 "networks": len(state.networks), "endpoints_count": len(state.claims),
                 "nics_claimed": len(claimed),
                 "nics_free": len([m for m in pooled if m not in claimed]),
-                "last_reconciliation": self.core.last_reconciliation}
+                "last_reconciliation": view.last_reconciliation}
 
     def _names(self) -> dict[str, str]:
-        return {link.mac: link.name for link in self.core.host.all_links() if link.mac}
+        return {link.mac: link.name for link in self.core.host_view.links() if link.mac}
 
     async def networks_list(self) -> list[dict[str, Any]]:
-        names, state = self._names(), self.core.state
+        names, state = self._names(), self.core.view().state
         return [views.network_view(n, state, names) for n in state.networks.values()]
 
     def _network_id(self, id: str) -> str:
         """The one network a (prefix of an) id names."""
-        matches = [n for n in self.core.state.networks.values() if n.id.startswith(id)]
+        matches = [n for n in self.core.view().state.networks.values() if n.id.startswith(id)]
         if len(matches) != 1 or not id:
             raise UnknownObject(f"hostnic holds no network {quoted(id)}" if not matches else
                                 f"{quoted(id)} names {len(matches)} networks; give more of "
@@ -154,26 +155,27 @@ class AdminAPI:
         return matches[0].id
 
     async def networks_get(self, id: str) -> dict[str, Any]:
-        network = self.core.state.networks[self._network_id(id)]
-        return views.network_view(network, self.core.state, self._names())
+        state = self.core.view().state
+        network = state.networks[self._network_id(id)]
+        return views.network_view(network, state, self._names())
 
     async def networks_delete(self, id: str) -> dict[str, Any]:
         network = await self.core.forget_network(self._network_id(id))
         return {"id": network.id, "freed": network.macs}
 
     async def endpoints_list(self) -> list[dict[str, Any]]:
-        host = self.core.host
-        return [views.claim_view(c, bool(host.known(c.nic)), self.core.lender.restores)
-                for c in self.core.state.claims.values()]
+        host, view = self.core.host_view, self.core.view()
+        return [views.claim_view(c, host.home(c.nic), view.restores)
+                for c in view.state.claims.values()]
 
     async def nics_list(self) -> list[dict[str, Any]]:
-        host = self.core.host
-        links = host.all_links()
+        host = self.core.host_view
+        links = host.links()
         addresses = await host.addresses()
         pci = await host.pci_addresses([link.name for link in links if link.mac])
-        management = await host.host_default_links()
-        return views.nic_views(links, addresses, pci, management, self.core.state,
-                               self.core.lender.restores)
+        management = await host.management_links()
+        view = self.core.view()
+        return views.nic_views(links, addresses, pci, management, view.state, view.restores)
 
     async def nics_get(self, key: str) -> dict[str, Any]:
         mac = None
@@ -189,15 +191,15 @@ class AdminAPI:
         raise UnknownObject(f"no NIC {quoted(key)} in the host namespace or in hostnic's state")
 
     async def events_recent(self, limit: int = 50) -> list[dict[str, Any]]:
-        if not 1 <= limit <= self.journal.size:
-            raise RPCError(INVALID_PARAMS, f"limit must be between 1 and {self.journal.size}")
-        return self.journal.last(limit)
+        if not 1 <= limit <= self.events.size:
+            raise RPCError(INVALID_PARAMS, f"limit must be between 1 and {self.events.size}")
+        return self.events.last(limit)
 
     async def metrics(self) -> dict[str, Any]:
         return {method: {"count": s.count, "errors": s.errors,
                          "seconds_total": round(s.total_seconds, 6),
                          "buckets": [[le, n] for le, n in s.cumulative()]}
-                for method, s in sorted(self.journal.stats.items())}
+                for method, s in sorted(self.events.stats.items())}
 
     async def nics_release(self, mac: str) -> dict[str, Any]:
         released = await self.core.release(normalize_mac(mac))
@@ -208,7 +210,7 @@ class AdminAPI:
         lines = [
             "# HELP hostnic_driver_calls_total Driver API calls, by method.",
             "# TYPE hostnic_driver_calls_total counter"]
-        stats = sorted(self.journal.stats.items())
+        stats = sorted(self.events.stats.items())
         lines += [f'hostnic_driver_calls_total{{method="{m}"}} {s.count}' for m, s in stats]
         lines += ["# HELP hostnic_driver_call_errors_total Driver API calls answered with Err.",
                   "# TYPE hostnic_driver_call_errors_total counter"]
@@ -221,7 +223,7 @@ class AdminAPI:
             lines.append(f'hostnic_driver_call_duration_seconds_sum{{method="{m}"}} '
                          f'{s.total_seconds:.6f}')
             lines.append(f'hostnic_driver_call_duration_seconds_count{{method="{m}"}} {s.count}')
-        state = self.core.state
+        state = self.core.view().state
         claimed = {c.mac for c in state.claims.values()}
         pooled = {nic.mac for n in state.networks.values() for nic in n.pool}
         lines += ["# TYPE hostnic_networks gauge", f"hostnic_networks {len(state.networks)}",

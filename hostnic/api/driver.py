@@ -17,7 +17,7 @@ from twisted.web.iweb import IRequest
 from hostnic.api.http import NotJSON, dumps, loads, shielded
 from hostnic.api.libnetwork import (CreateEndpoint, define_network, endpoint_key, lend_nic,
                               network_id_of)
-from hostnic.core.events import CallLog
+from hostnic.core.events import EventLog
 from hostnic.core.narration import telling
 from hostnic.core.owner import Core
 from hostnic.errors import BadRequest, HostnicError
@@ -39,7 +39,7 @@ class Bodyless(BadRequest):
 @attrs.define
 class DriverAPI:
     core: Core
-    calls: CallLog
+    calls: EventLog
     clock: Callable[[], float] = time.monotonic
     _handlers: dict[str, Handler] = attrs.field(init=False)
     app = Klein()

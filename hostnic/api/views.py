@@ -3,7 +3,7 @@ host's live inventory. Pure functions, no I/O."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from hostnic.state.model import LinkInfo
 from hostnic.state.model import Address, Adopted, Claim, Network, NicRef, NicState, Phase, State
@@ -38,7 +38,7 @@ def adopted_view(adopted: Adopted | None) -> dict[str, Any] | None:
 
 
 def claim_view(claim: Claim, present: bool,
-               restores: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+               restores: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     restore = (restores or {}).get(claim.mac)
     return {"endpoint": claim.endpoint_id, "network": claim.network_id, "mac": claim.mac,
             "perm_mac": claim.nic.perm, "transit_name": claim.transit_name, "phase": claim.phase.value, "created_at": claim.created_at,
@@ -78,7 +78,7 @@ def nic_status(nic: NicRef, present: bool, state: State, management: bool,
 
 
 def _kept(nic: NicRef, network: Network | None, claim: Claim | None,
-          restores: dict[str, dict[str, Any]]) -> dict[str, Any]:
+          restores: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """What hostnic holds of a NIC besides the kernel's view."""
     key = (network.entry(nic) or nic).mac if network is not None else nic.mac
     return {"recorded": nic_state(claim.original) if claim else None,
@@ -88,7 +88,7 @@ def _kept(nic: NicRef, network: Network | None, claim: Claim | None,
 
 def nic_views(links: list[LinkInfo], addresses: dict[int, list[Address]],
               pci: dict[str, str | None], management: set[int], state: State,
-              restores: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+              restores: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Every NIC of the host namespace, then every known NIC that is elsewhere."""
     views: list[dict[str, Any]] = []
     seen: set[str] = set()

@@ -40,7 +40,7 @@ class MethodStats:
 
 
 @attrs.define
-class CallLog:
+class EventLog:
     size: int = 256
     wall_clock: Callable[[], float] = time.time
     recent: Deque[dict[str, Any]] = attrs.field(init=False)

@@ -20,7 +20,7 @@ import attrs
 from twisted.logger import Logger
 
 from hostnic.core.crashpoints import crashpoint
-from hostnic.core.events import CallLog
+from hostnic.core.events import EventLog
 from hostnic.core.guards import refusal
 from hostnic.core.narration import narrate
 from hostnic.core.ports import HostPort
@@ -60,7 +60,7 @@ class Released:
 class Lender:
     host: HostPort
     ledger: Ledger
-    journal: CallLog
+    events: EventLog
     clock: Callable[[], float]
     # The last restore of each NIC (by pooled MAC), for the admin view: what
     # could not be put back is named there as well as in the log.
@@ -226,7 +226,7 @@ class Lender:
         return True
 
     def _restored(self, claim: Claim, found_as: str, problems: tuple[str, ...]) -> None:
-        self.journal.note("restore", mac=claim.mac, endpoint=claim.endpoint_id,
+        self.events.note("restore", mac=claim.mac, endpoint=claim.endpoint_id,
                           found_as=found_as, problems=list(problems))
         self.restores[claim.mac] = {"at": self.clock(), "endpoint": claim.endpoint_id,
                                     "found_as": found_as, "problems": list(problems)}
@@ -293,7 +293,7 @@ class Lender:
             current = self.ledger.state.claim_of(nic)
             if current is not None:
                 await self.ledger.put_claim(current, None)
-            self.journal.note("release", mac=claim.mac, endpoint=claim.endpoint_id, found=False)
+            self.events.note("release", mac=claim.mac, endpoint=claim.endpoint_id, found=False)
             return Released(claim.mac, claim.endpoint_id, found=False, restored=False)
         problems: tuple[str, ...] = ()
         if claim.original is not None:
@@ -302,7 +302,7 @@ class Lender:
         current = self.ledger.state.claim_of(nic)
         if current is not None:
             await self.ledger.put_claim(current, None)
-        self.journal.note("release", mac=claim.mac, endpoint=claim.endpoint_id, found=True)
+        self.events.note("release", mac=claim.mac, endpoint=claim.endpoint_id, found=True)
         narrate(f"operator released NIC {claim.mac} from endpoint {short(claim.endpoint_id)}")
         return Released(claim.mac, claim.endpoint_id, found=True,
                         restored=claim.original is not None, problems=problems)

@@ -23,12 +23,13 @@ from twisted.logger import Logger
 from hostnic.core import guards, pools
 from hostnic.core.commands import ClaimNic, Claimed, DefineNetwork, EndpointKey, LendNic, Lent
 from hostnic.core.crashpoints import crashpoint
-from hostnic.core.events import CallLog
+from hostnic.core.events import EventLog
 from hostnic.core.guards import refusal
 from hostnic.core.lending import Lender, Released
 from hostnic.core.locks import KeyedLocks
 from hostnic.core.narration import narrate, untold
 from hostnic.core.ports import HostPort
+from hostnic.core.readmodel import CoreView, HostView
 from hostnic.core.retry import Retrier
 from hostnic.errors import HostnicError, NicUnavailable, UnknownObject
 from hostnic.sentences import short
@@ -50,7 +51,7 @@ class Core:
     initial: State = attrs.field(factory=State, alias="state")
     clock: Callable[[], float] = time.time
     reactor: Any = None  # IReactorTime for retries; None: no background retries
-    journal: CallLog = attrs.field(factory=CallLog)
+    events: EventLog = attrs.field(factory=EventLog)
     last_reconciliation: dict[str, Any] | None = None
     ledger: Ledger = attrs.field(init=False)
     lender: Lender = attrs.field(init=False)
@@ -63,13 +64,21 @@ class Core:
 
     def __attrs_post_init__(self) -> None:
         self.ledger = Ledger(self.store, self.initial)
-        self.lender = Lender(self.host, self.ledger, self.journal, self.clock)
+        self.lender = Lender(self.host, self.ledger, self.events, self.clock)
         self.retries = Retrier(self.reactor)
 
     @property
     def state(self) -> State:
         """The live state (the ledger's)."""
         return self.ledger.state
+
+    def view(self) -> CoreView:
+        """What the core shows (the admin API's read model)."""
+        return CoreView(self.state, dict(self.lender.restores), self.last_reconciliation)
+
+    @property
+    def host_view(self) -> HostView:
+        return HostView(self.host)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -228,7 +237,7 @@ class Core:
                     f"{'s' if len(holders) > 1 else ''} ({', '.join(short(c.endpoint_id) for c in holders)}); "
                     f"remove the containers with docker first")
             await self.ledger.put_network(network, None)
-        self.journal.note("forget-network", network=network_id)
+        self.events.note("forget-network", network=network_id)
         self.log.info("operator removed network {network}", network=short(network_id))
         return network
 
@@ -398,7 +407,7 @@ class Core:
         report = {"at": self.clock(), **outcomes, "claims": len(self.state.claims),
                   "seconds": round(self.clock() - started, 6)}
         self.last_reconciliation = report
-        self.journal.note("reconciliation", **report)
+        self.events.note("reconciliation", **report)
         self.log.info("reconciliation: {restored} restored, {released} released, "
                       "{absent} not in the host namespace, {failed} failed",
                       restored=len(outcomes["restored"]), released=len(outcomes["released"]),

@@ -118,7 +118,7 @@ def build(settings: Settings, ports: Ports) -> Daemon:
     state = store.load()
     core = Core(host=ports.host, store=store, state=state, clock=ports.clock,
                 reactor=ports.reactor)
-    driver = DriverAPI(core, core.journal)
+    driver = DriverAPI(core, core.events)
     admin = AdminAPI(core, ServiceInfo(pid=os.getpid(), started_at=ports.clock(),
                                        state_dir=settings.state_dir,
                                        endpoints=dict(settings.endpoints)),

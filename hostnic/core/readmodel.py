@@ -1,0 +1,44 @@
+"""What the core shows an operator: one consistent picture of its networks
+and claims, the last restore of each NIC and the last reconciliation, and the
+host's links as the inventory has them. The admin API reads these, never the
+core's collaborators."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import attrs
+
+from hostnic.core.ports import HostPort
+from hostnic.state.model import Address, LinkInfo, NicRef, State
+
+
+@attrs.frozen
+class CoreView:
+    state: State
+    restores: Mapping[str, Mapping[str, Any]]  # by pooled MAC: when, from what name, problems
+    last_reconciliation: Mapping[str, Any] | None
+
+
+@attrs.frozen
+class HostView:
+    """The host namespace as an operator sees it (reads only)."""
+
+    _host: HostPort
+
+    def links(self) -> list[LinkInfo]:
+        return self._host.all_links()
+
+    def home(self, nic: NicRef) -> bool:
+        """Whether ``nic`` is in the host namespace now."""
+        return bool(self._host.known(nic))
+
+    async def addresses(self) -> dict[int, list[Address]]:
+        return await self._host.addresses()
+
+    async def pci_addresses(self, names: list[str]) -> dict[str, str | None]:
+        return await self._host.pci_addresses(names)
+
+    async def management_links(self) -> set[int]:
+        """The links the host's own default routes leave by."""
+        return await self._host.host_default_links()
