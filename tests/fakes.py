@@ -31,13 +31,12 @@ from typing import Any, Callable
 import attrs
 from twisted.internet.defer import Deferred, maybeDeferred
 
-from hostnic.core.ports import HostPort
+from hostnic.core.ports import HostPort, HostSurvey
 from hostnic.errors import HostError
 from hostnic.kernel.host import uppers_of
 from hostnic.kernel.record import adoption
-from hostnic.state.model import proven
-from hostnic.state.model import IFF_LOOPBACK, IFF_UP, LinkInfo
-from hostnic.state.model import Address, Adopted, NicRef, NicState, Route
+from hostnic.state.model import (IFF_LOOPBACK, IFF_UP, Address, Adopted, LinkFacts, LinkInfo,
+                                  NicRef, NicState, Route, proven)
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
 
@@ -263,27 +262,20 @@ class FakeHost:
         await self._step("locate_name", name)
         return next((l.info() for l in self.home() if l.name == name), None)
 
-    async def is_host_default(self, index: int) -> bool:
-        await self._step("is_host_default", index)
-        return index in self.default_route_indexes
-
-    async def uppers(self, index: int) -> tuple[LinkInfo | None, list[LinkInfo]]:
-        if not self.inventory_ready:
-            await self._step("uppers", index)  # the real host asks the kernel, in a thread
-        return uppers_of(self._links_now(), index)  # the real host's rule
+    async def inspect(self, link: LinkInfo, with_record: bool = False) -> LinkFacts:
+        await self._step("inspect", link.index)  # one thread hop, as the real host's
+        current = self._home_link(link.index)
+        master, uppers = uppers_of(self._links_now(), link.index)  # the real host's rule
+        state = (attrs.evolve(current.state(), recorded_at=self.now()) if with_record
+                 else None)
+        return LinkFacts(current.info(), master, tuple(uppers),
+                         link.index in self.default_route_indexes, state)
 
     async def adopt(self, index: int) -> Adopted:
         await self._step("adopt", index)
         link = self._home_link(index)
         return adoption(link.addresses, link.routes, self.now())  # the real selection
 
-    async def host_default_links(self) -> set[int]:
-        await self._step("host_default_links", None)
-        return set(self.default_route_indexes)
-
-    async def read_state(self, index: int) -> NicState:
-        await self._step("read_state", index)
-        return attrs.evolve(self._home_link(index).state(), recorded_at=self.now())
 
     async def rename(self, index: int, name: str) -> None:
         # As netlink.rename: down first (the kernel refuses to rename an up
@@ -347,12 +339,12 @@ class FakeHost:
     def all_links(self) -> list[LinkInfo]:
         return self._inventory()
 
-    async def addresses(self) -> dict[int, list[Address]]:
-        await self._step("addresses", None)
-        return {l.index: list(l.addresses) for l in self.home()}
-
-    async def pci_addresses(self, names: list[str]) -> dict[str, str | None]:
-        return {name: self.pci.get(name) for name in names}
+    async def survey(self) -> HostSurvey:
+        await self._step("survey", None)
+        links = self.all_links()
+        return HostSurvey(links, {l.index: list(l.addresses) for l in self.home()},
+                          {l.name: self.pci.get(l.name) for l in links if l.mac},
+                          set(self.default_route_indexes))
 
     async def namespace_exists(self, path: str) -> bool:
         await self._step("namespace_exists", path)

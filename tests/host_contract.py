@@ -90,6 +90,11 @@ class HostContract(Mixin):
         failure = self.failureResultOf(Deferred.fromCoroutine(coroutine), HostError)
         return str(failure.value)
 
+    def recorded(self, link: LinkInfo) -> NicState:
+        state = self.done(self.host.inspect(link, with_record=True)).state
+        assert state is not None
+        return state
+
     def nic_of(self, link: LinkInfo) -> NicRef:
         assert link.mac is not None
         return NicRef(link.mac, link.perm)
@@ -150,7 +155,7 @@ class HostContract(Mixin):
     def test_record_then_restore_puts_the_nic_back(self) -> None:
         ens = self.nic("ens9", mtu=1400, up=True, addresses=("10.5.0.5/24", "10.6.0.6/24"))
         before = self.look("ens9")
-        original = self.done(self.host.read_state(ens.index))
+        original = self.recorded(ens)
         self.assertEqual((original.name, original.mtu, original.up, original.index),
                          ("ens9", 1400, True, ens.index))
         self.done(self.host.rename(ens.index, "hnlent0"))
@@ -160,7 +165,7 @@ class HostContract(Mixin):
 
     def test_restore_leaves_privacy_addresses_to_the_kernel(self) -> None:
         ens = self.nic("ens9", up=True, addresses=("10.5.0.5/24",))
-        original = self.done(self.host.read_state(ens.index))
+        original = self.recorded(ens)
         privacy = Address(AF_INET6, "fd07::1234:5678", 64, flags=IFA_F_TEMPORARY)
         with_privacy = attrs.evolve(original, addresses=(*original.addresses, privacy))
         self.flush_outside("ens9", mtu=1500)
@@ -169,7 +174,7 @@ class HostContract(Mixin):
 
     def test_restore_names_a_taken_name_and_does_the_rest(self) -> None:
         ens = self.nic("ens9", mtu=1400, up=True, addresses=("10.5.0.5/24",))
-        original = self.done(self.host.read_state(ens.index))
+        original = self.recorded(ens)
         self.done(self.host.rename(ens.index, "hnlent0"))
         self.flush_outside("hnlent0", mtu=1500)
         self.nic("ens9")  # another link took the NIC's name meanwhile
@@ -180,33 +185,40 @@ class HostContract(Mixin):
 
     def test_a_vanished_interface_is_a_host_error(self) -> None:
         original = NicState("ens9", "02:00:00:00:00:09", 1500, True)
-        for call in (self.host.read_state(ABSENT), self.host.adopt(ABSENT),
+        gone = LinkInfo(ABSENT, "ens9", "02:00:00:00:00:09", 1500, 0, None)
+        for call in (self.host.inspect(gone, with_record=True), self.host.adopt(ABSENT),
                      self.host.rename(ABSENT, "hnlent0"), self.host.restore(ABSENT, original)):
             self.assertIn(str(ABSENT), self.fails(call))
 
     def test_devices_on_top_are_uppers_a_veth_peer_is_not(self) -> None:
         ens = self.nic("ens9")
-        self.assertEqual(self.done(self.host.uppers(ens.index)), (None, []))
+        facts = self.done(self.host.inspect(ens))
+        self.assertEqual((facts.master, facts.uppers, facts.state), (None, (), None))
         self.macvlan_on("mv0", "ens9")
-        master, uppers = self.done(self.host.uppers(ens.index))
-        self.assertEqual((master, [(u.name, u.kind) for u in uppers]),
+        facts = self.done(self.host.inspect(ens))
+        self.assertEqual((facts.master, [(u.name, u.kind) for u in facts.uppers]),
                          (None, [("mv0", "macvlan")]))
         peer_of = self.veth_pair("ve0", "ve1")
-        self.assertEqual(self.done(self.host.uppers(peer_of.index)), (None, []))
+        self.assertEqual(self.done(self.host.inspect(peer_of)).uppers, ())
 
     def test_a_bridge_port_names_its_bridge(self) -> None:
         self.nic("ens9")
         port = self.bridge_port("br9", "ens9")
-        master, uppers = self.done(self.host.uppers(port.index))
-        assert master is not None
-        self.assertEqual((master.name, master.kind, uppers), ("br9", "bridge", []))
+        facts = self.done(self.host.inspect(port))
+        assert facts.master is not None
+        self.assertEqual((facts.link.master, facts.master.name, facts.master.kind, facts.uppers),
+                         (facts.master.index, "br9", "bridge", ()))
 
     def test_the_host_default_route_marks_its_link(self) -> None:
         ens = self.nic("ens9", up=True, addresses=("10.5.0.5/24",))
-        self.assertFalse(self.done(self.host.is_host_default(ens.index)))
+        self.assertFalse(self.done(self.host.inspect(ens)).host_default)
         self.default_route_via("ens9")
-        self.assertTrue(self.done(self.host.is_host_default(ens.index)))
-        self.assertEqual(self.done(self.host.host_default_links()), {ens.index})
+        self.assertTrue(self.done(self.host.inspect(ens)).host_default)
+        survey = self.done(self.host.survey())
+        self.assertEqual(survey.management, {ens.index})
+        self.assertEqual(survey.addresses[ens.index][0].cidr, "10.5.0.5/24")
+        self.assertIn(ens.index, [link.index for link in survey.links])
+        self.assertIsNone(survey.pci["ens9"])  # a veth has none
 
     def test_link_events_tell_the_current_link(self) -> None:
         seen: list[str] = []
@@ -228,7 +240,9 @@ class HostContract(Mixin):
         named = self.done(self.host.locate_name("ens10"))
         self.assertEqual(named.index if named else None, late.index)
         self.macvlan_on("mv0", "ens9")
-        self.assertEqual([u.name for u in self.done(self.host.uppers(ens.index))[1]], ["mv0"])
+        facts = self.done(self.host.inspect(ens, with_record=True))
+        self.assertEqual([u.name for u in facts.uppers], ["mv0"])
+        self.assertEqual(facts.state.name if facts.state else None, "ens9")
         self.inventory_ready()
         self.assertEqual([l.name for l in self.host.known(self.nic_of(late))], ["ens10"])
 

@@ -62,16 +62,16 @@ class KernelErrorTests(SynchronousTestCase):
         return str(self.failureResultOf(Deferred.fromCoroutine(coroutine), HostError).value)
 
     def test_every_read_says_what_failed(self) -> None:
-        from hostnic.state.model import NicRef
+        from hostnic.state.model import LinkInfo, NicRef
+        link = LinkInfo(7, "ens7", "02:00:00:00:00:07", 1500, 0, None)
         for coroutine, what in (
-                (self.host.read_state(7), "recording interface 7: Too many open files"),
+                (self.host.inspect(link, with_record=True),
+                 "inspecting interface 7: Too many open files"),
                 (self.host.adopt(7), "reading the configuration of interface 7: Too many"),
-                (self.host.host_default_links(), "reading the host's default routes: Too many"),
-                (self.host.is_host_default(7), "reading the host's default routes: Too many"),
+                (self.host.survey(), "surveying the host's links: Too many open files"),
                 (self.host.locate(NicRef("02:00:00:00:00:07"), "hnx"),
                  "looking for NIC 02:00:00:00:00:07 in the kernel: Too many open files"),
-                (self.host.locate_name("ens7"), "looking for interface ens7 in the kernel"),
-                (self.host.uppers(7), "listing the host's links: Too many open files")):
+                (self.host.locate_name("ens7"), "looking for interface ens7 in the kernel")):
             self.assertIn(what, self.refusal(coroutine))
 
     def test_a_change_says_what_failed(self) -> None:

@@ -169,13 +169,10 @@ class AdminAPI:
                 for c in view.state.claims.values()]
 
     async def nics_list(self) -> list[dict[str, Any]]:
-        host = self.core.host_view
-        links = host.links()
-        addresses = await host.addresses()
-        pci = await host.pci_addresses([link.name for link in links if link.mac])
-        management = await host.management_links()
+        survey = await self.core.host_view.survey()
         view = self.core.view()
-        return views.nic_views(links, addresses, pci, management, view.state, view.restores)
+        return views.nic_views(survey.links, survey.addresses, survey.pci, survey.management,
+                               view.state, view.restores)
 
     async def nics_get(self, key: str) -> dict[str, Any]:
         mac = None

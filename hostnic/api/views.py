@@ -86,8 +86,8 @@ def _kept(nic: NicRef, network: Network | None, claim: Claim | None,
             "last_restore": restores.get(key)}
 
 
-def nic_views(links: list[LinkInfo], addresses: dict[int, list[Address]],
-              pci: dict[str, str | None], management: set[int], state: State,
+def nic_views(links: list[LinkInfo], addresses: Mapping[int, list[Address]],
+              pci: Mapping[str, str | None], management: set[int], state: State,
               restores: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Every NIC of the host namespace, then every known NIC that is elsewhere."""
     views: list[dict[str, Any]] = []

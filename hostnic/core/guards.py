@@ -1,11 +1,10 @@
-"""Which NICs hostnic will not lend, and why, in a sentence. Checked when a
+"""Which NICs hostnic will not lend, and why, in a sentence: pure functions
+of what the host port reports of a link (``HostPort.inspect``). Checked when a
 network is created and again at every lend: a host changes in between."""
 
 from __future__ import annotations
 
-from hostnic.core.ports import HostPort
-from hostnic.state.model import NicRef
-from hostnic.state.model import LinkInfo
+from hostnic.state.model import LinkFacts, LinkInfo, NicRef
 
 
 def shared_mac_lower(carriers: list[LinkInfo]) -> LinkInfo | None:
@@ -19,20 +18,20 @@ def shared_mac_lower(carriers: list[LinkInfo]) -> LinkInfo | None:
     return lowers[0] if len(lowers) == 1 else None
 
 
-async def refusal(host: HostPort, nic: NicRef, link: LinkInfo, again: bool = False) -> str | None:
-    """Why ``link`` (which is ``nic``) must not be lent, or None."""
+def refusal(nic: NicRef, facts: LinkFacts, again: bool = False) -> str | None:
+    """Why the link of ``facts`` (which is ``nic``) must not be lent, or None."""
+    link, master = facts.link, facts.master
     label = f"NIC {nic.mac} ({link.name})"
     if link.loopback:
         return f"{link.name} is the loopback interface"
-    master, uppers = await host.uppers(link.index)
     if link.master is not None:
         what = f"{master.kind or 'device'} {master.name}" if master else f"interface {link.master}"
         return (f"{label} is a port of {what}; lending it would cut "
                 f"{master.name if master else 'it'} off")
-    if uppers:
-        names = ", ".join(f"{upper.kind} {upper.name}" for upper in uppers)
+    if facts.uppers:
+        names = ", ".join(f"{upper.kind} {upper.name}" for upper in facts.uppers)
         return f"{label} carries {names}; lending it would cut them off"
-    if await host.is_host_default(link.index):
+    if facts.host_default:
         if again:
             return (f"{label} now carries the host's default route; handing it to a "
                     f"container would cut the host off")

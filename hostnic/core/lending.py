@@ -87,14 +87,16 @@ class Lender:
         """Record the NIC, then rename it to its transit name. A Join whose
         record exists (a retry, or a Join cut short by a crash) resumes here."""
         claim = self._current(endpoint_id)
+        link: LinkInfo | None = None
         if claim.phase is Phase.CREATED:
-            claim = await self._record(claim, sandbox_key)
+            claim, link = await self._record(claim, sandbox_key)  # the link it recorded
         if claim.phase is not Phase.JOINED:
             raise NicUnavailable(
                 f"endpoint {short(endpoint_id)} has already left ({claim.phase.value}); "
                 f"dockerd must create a new endpoint")
-        link = await self._find(claim)
-        claim = self._current(endpoint_id)
+        if link is None:  # a Join that resumes: wherever the NIC is now
+            link = await self._find(claim)
+            claim = self._current(endpoint_id)
         if link is None:
             raise NicUnavailable(
                 f"NIC {claim.mac} of endpoint {short(endpoint_id)} is not in the host "
@@ -119,26 +121,32 @@ class Lender:
         narrate(f"NIC {claim.mac} lent as {claim.transit_name}")
         return self._current(endpoint_id)
 
-    async def _record(self, claim: Claim, sandbox_key: str | None) -> Claim:
+    async def _record(self, claim: Claim,
+                      sandbox_key: str | None) -> tuple[Claim, LinkInfo | None]:
+        """Check the guards and record the NIC durably, from one inspection;
+        the claim as it is then, and the link recorded (None if another path
+        moved the claim on meanwhile)."""
         link = await self.host.locate(claim.nic)
         if link is None:
             raise NicUnavailable(
                 f"NIC {claim.mac} of network {short(claim.network_id)} is not in the "
                 f"host network namespace (is it inside another container?)")
+        facts = await self.host.inspect(link, with_record=True)
         # The host may have changed since the network was created.
-        why = await refusal(self.host, claim.nic, link, again=True)
+        why = refusal(claim.nic, facts, again=True)
         if why is not None:
             raise NicUnavailable(why)
-        original = await self.host.read_state(link.index)
+        original = facts.state
+        assert original is not None
         claim = self._current(claim.endpoint_id)
         if claim.phase is not Phase.CREATED:
-            return claim
+            return claim, None
         joined = attrs.evolve(claim, phase=Phase.JOINED, original=original,
                               sandbox_key=sandbox_key, joined_at=self.clock())
         await self.ledger.put_claim(claim, joined)
         crashpoint("join.recorded")
         narrate(f"recorded {describe(original)}")
-        return joined
+        return joined, facts.link
 
     async def _undo_lend(self, claim: Claim, index: int) -> None:
         """A rename failed (and left the NIC down): put the NIC back as

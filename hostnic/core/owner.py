@@ -175,7 +175,7 @@ class Core:
                 # A bridge or bond takes its port's MAC, a VLAN its parent's:
                 # say why that NIC cannot be lent rather than that it is shared.
                 lower = guards.shared_mac_lower(carriers)
-                why = lower and await refusal(self.host, NicRef(mac), lower)
+                why = lower and refusal(NicRef(mac), await self.host.inspect(lower))
                 if why:
                     raise NicUnavailable(why)
                 raise NicUnavailable(
@@ -204,7 +204,7 @@ class Core:
         return nics
 
     async def _check_lendable(self, nic: NicRef, link: LinkInfo) -> None:
-        why = await refusal(self.host, nic, link)
+        why = refusal(nic, await self.host.inspect(link))
         if why is not None:
             raise NicUnavailable(why)
         if link.kind is not None:

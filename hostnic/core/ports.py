@@ -4,9 +4,19 @@ of the unit tests; ``tests/host_contract.py`` holds both to it)."""
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable, Mapping, Protocol
 
-from hostnic.state.model import Address, Adopted, LinkInfo, NicRef, NicState
+import attrs
+
+from hostnic.state.model import Address, Adopted, LinkFacts, LinkInfo, NicRef, NicState
+
+
+@attrs.frozen
+class HostSurvey:
+    links: list[LinkInfo]
+    addresses: Mapping[int, list[Address]]  # by interface index
+    pci: Mapping[str, str | None]  # by name: the PCI address of a NIC that has one
+    management: set[int]  # the links the host's own default routes leave by
 
 
 class HostPort(Protocol):
@@ -27,14 +37,11 @@ class HostPort(Protocol):
         its permanent address, its MAC, or ``lent_index``, its index when lent):
         a name alone never is proof."""
     async def locate_name(self, name: str) -> LinkInfo | None: ...
-    async def is_host_default(self, index: int) -> bool:
-        """Whether the route the host itself leaves by (the main table's best
-        default, IPv4 or IPv6) goes out of this link."""
-    async def uppers(self, index: int) -> tuple[LinkInfo | None, list[LinkInfo]]:
-        """The bridge, bond or team this link is a port of, and the links
-        that sit on it (VLANs, macvlans): lending it would cut them off."""
-    async def read_state(self, index: int) -> NicState:
-        """The whole record of a NIC (addresses, routes, sysctls, ...)."""
+    async def inspect(self, link: LinkInfo, with_record: bool = False) -> LinkFacts:
+        """At once, what the guards need of ``link`` (the bridge or bond it is
+        a port of, the devices built on it, whether the host's own default
+        route leaves by it) and, ``with_record``, its whole record (addresses,
+        routes, sysctls, ...). HostError if it vanished."""
     async def adopt(self, index: int) -> Adopted:
         """The configuration adopt mode gives a container from this NIC."""
     async def rename(self, index: int, name: str) -> None:
@@ -45,6 +52,6 @@ class HostPort(Protocol):
     async def namespace_exists(self, path: str) -> bool: ...
     # For the admin view:
     def all_links(self) -> list[LinkInfo]: ...
-    async def addresses(self) -> dict[int, list[Address]]: ...
-    async def pci_addresses(self, names: list[str]) -> dict[str, str | None]: ...
-    async def host_default_links(self) -> set[int]: ...
+    async def survey(self) -> HostSurvey:
+        """Every link with its addresses and PCI address, and the links the
+        host's default routes leave by."""

@@ -9,8 +9,8 @@ from typing import Any, Mapping
 
 import attrs
 
-from hostnic.core.ports import HostPort
-from hostnic.state.model import Address, LinkInfo, NicRef, State
+from hostnic.core.ports import HostPort, HostSurvey
+from hostnic.state.model import LinkInfo, NicRef, State
 
 
 @attrs.frozen
@@ -33,12 +33,7 @@ class HostView:
         """Whether ``nic`` is in the host namespace now."""
         return bool(self._host.known(nic))
 
-    async def addresses(self) -> dict[int, list[Address]]:
-        return await self._host.addresses()
-
-    async def pci_addresses(self, names: list[str]) -> dict[str, str | None]:
-        return await self._host.pci_addresses(names)
-
-    async def management_links(self) -> set[int]:
-        """The links the host's own default routes leave by."""
-        return await self._host.host_default_links()
+    async def survey(self) -> HostSurvey:
+        """Every link with its addresses and PCI address, and the links the
+        host's own default routes leave by."""
+        return await self._host.survey()

@@ -22,10 +22,11 @@ from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 
 from hostnic.errors import HostError, HostnicError
+from hostnic.core.ports import HostSurvey
 from hostnic.kernel import record, rtnl
 from hostnic.kernel.monitor import LinkMonitor
 from hostnic.kernel.rtnl import RTM_NEWLINK
-from hostnic.state.model import Address, Adopted, LinkInfo, NicRef, NicState, proven
+from hostnic.state.model import Adopted, LinkFacts, LinkInfo, NicRef, NicState, proven
 
 Run = Callable[..., "Deferred[Any]"]
 
@@ -64,11 +65,16 @@ def translated(what: str, f: Callable[..., Any], *args: Any) -> Any:
         raise
 
 
-def change(name: str, *args: Any) -> Any:
-    """Run ``hostnic.kernel.changes.<name>`` (imported on first use, in the netlink
-    thread: pyroute2 is costly to load and most starts need none of it)."""
+def rename_link(index: int, name: str, up: bool) -> None:
+    # hostnic.kernel.changes loads pyroute2 (~100 ms, ~20 MiB): on the first
+    # change, in the netlink thread, not at start-up.
     from hostnic.kernel import changes
-    return getattr(changes, name)(*args)
+    changes.rename(index, name, up)
+
+
+def restore_link(index: int, original: NicState) -> list[str]:
+    from hostnic.kernel import changes
+    return changes.restore(index, original)
 
 
 def find_links(nic: NicRef, transit_name: str | None) -> list[LinkInfo]:
@@ -129,8 +135,8 @@ class NetlinkHost:
     async def _ask(self, what: str, f: Callable[..., Any], *args: Any) -> Any:
         return await self.run_in_thread(translated, what, f, *args)
 
-    async def _change(self, what: str, name: str, *args: Any) -> Any:
-        return await self.run_change(translated, what, change, name, *args)
+    async def _change(self, what: str, f: Callable[..., Any], *args: Any) -> Any:
+        return await self.run_change(translated, what, f, *args)
 
     def on_link_appeared(self, callback: Callable[[LinkInfo], None]) -> None:
         def listener(msg_type: int, link: LinkInfo) -> None:
@@ -166,23 +172,26 @@ class NetlinkHost:
                                                  rtnl.get_link, None, name)
         return found
 
-    async def is_host_default(self, index: int) -> bool:
-        return index in await self.host_default_links()
-
-    async def uppers(self, index: int) -> tuple[LinkInfo | None, list[LinkInfo]]:
+    async def inspect(self, link: LinkInfo, with_record: bool = False) -> LinkFacts:
         self.monitor.drain()
-        if self.monitor.ready:
-            inventory = self.monitor.inventory
-            link = inventory.by_index(index)
-            master = inventory.by_index(link.master) if link and link.master else None
-            return master, [other for other in inventory.built_on(index)
-                            if is_upper(other, index)]
-        links = await self._ask("listing the host's links", rtnl.dump_links)
-        return uppers_of(links, index)
-
-    async def read_state(self, index: int) -> NicState:
-        state: NicState = await self._ask(f"recording interface {index}", record.read, index)
-        return state
+        ready = self.monitor.ready
+        inventory = self.monitor.inventory
+        current = inventory.by_index(link.index) if ready else None
+        if ready and current is None:
+            raise HostError(f"interface {link.index} vanished from the host")
+        # One thread hop, one netlink socket: the default routes and the
+        # record (and, while the inventory is not current, the link and its
+        # neighbours) from the kernel.
+        current, defaults, links, state = await self._ask(
+            f"inspecting interface {link.index}", record.inspect, link.index, current,
+            with_record, not ready)
+        if links is None:
+            master = inventory.by_index(current.master) if current.master else None
+            uppers = [other for other in inventory.built_on(current.index)
+                      if is_upper(other, current.index)]
+        else:
+            master, uppers = uppers_of(links, current.index)
+        return LinkFacts(current, master, tuple(uppers), current.index in defaults, state)
 
     async def adopt(self, index: int) -> Adopted:
         adopted: Adopted = await self._ask(f"reading the configuration of interface {index}",
@@ -191,12 +200,12 @@ class NetlinkHost:
 
     async def rename(self, index: int, name: str) -> None:
         link = self.monitor.inventory.by_index(index) if self.monitor.ready else None
-        await self._change(f"renaming interface {index} to {name}", "rename", index, name,
+        await self._change(f"renaming interface {index} to {name}", rename_link, index, name,
                            link is None or link.up)
 
     async def restore(self, index: int, original: NicState) -> tuple[str, ...]:
         problems: list[str] = await self._change(
-            f"restoring interface {index} as {original.name}", "restore", index, original)
+            f"restoring interface {index} as {original.name}", restore_link, index, original)
         return tuple(problems)
 
     async def namespace_exists(self, path: str) -> bool:
@@ -209,18 +218,13 @@ class NetlinkHost:
         self.monitor.drain()
         return self.monitor.inventory.all()
 
-    async def addresses(self) -> dict[int, list[Address]]:
-        self.monitor.drain()
+    async def survey(self) -> HostSurvey:
+        links = self.all_links()  # drains
         inventory = self.monitor.inventory
-        return {link.index: list(inventory.addresses(link.index)) for link in inventory.all()}
+        addresses = {link.index: list(inventory.addresses(link.index)) for link in links}
+        names = [link.name for link in links if link.mac]
 
-    async def pci_addresses(self, names: list[str]) -> dict[str, str | None]:
-        def read() -> dict[str, str | None]:
-            return {name: pci_address(name) for name in names}
-        found: dict[str, str | None] = await self.run_in_thread(read)
-        return found
-
-    async def host_default_links(self) -> set[int]:
-        found: set[int] = await self._ask("reading the host's default routes",
-                                          rtnl.host_default_links)
-        return found
+        def read() -> tuple[dict[str, str | None], set[int]]:
+            return {name: pci_address(name) for name in names}, rtnl.host_default_links()
+        pci, management = await self._ask("surveying the host's links", read)
+        return HostSurvey(links, addresses, pci, management)

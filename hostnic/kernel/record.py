@@ -54,29 +54,49 @@ def read_sysctls(name: str) -> tuple[tuple[str, str], ...]:
     return tuple(values)
 
 
-def _link(index: int) -> LinkInfo:
-    link = rtnl.get_link(index=index)
+def _link(index: int, on: rtnl.Session | None = None) -> LinkInfo:
+    link = rtnl.get_link(index=index, on=on)
     if link is None:
         raise HostError(f"interface {index} vanished from the host")
     return link
 
 
-def read(index: int) -> NicState:
-    """The whole record of a NIC, from its name to its sysctls."""
-    link = _link(index)
-    routes = tuple(info.route for info in rtnl.routes_via(index) if restorable(info))
+def read(index: int, link: LinkInfo | None = None, on: rtnl.Session | None = None) -> NicState:
+    """The whole record of a NIC, from its name to its sysctls (``link``: the
+    kernel's current view of it, if the caller has one)."""
+    with rtnl.session(on) as s:
+        link = link or _link(index, s)
+        routes = tuple(info.route for info in rtnl.routes_via(index, s) if restorable(info))
+        addresses = rtnl.addresses_of(index, s)
     return NicState(
         name=link.name, mac=link.mac or "", mtu=link.mtu, up=link.up,
-        addresses=rtnl.addresses_of(index), routes=routes, sysctls=read_sysctls(link.name),
+        addresses=addresses, routes=routes, sysctls=read_sysctls(link.name),
         alias=link.alias, altnames=link.altnames, txqlen=link.txqlen, group=link.group,
         recorded_at=time.time(), index=index)
 
 
+def inspect(index: int, link: LinkInfo | None, with_record: bool,
+            links_needed: bool) -> tuple[LinkInfo, set[int], list[LinkInfo] | None,
+                                         NicState | None]:
+    """What a guard and a lend need of a link, on one netlink socket: the link
+    (asked of the kernel unless given), the links the host's default routes
+    leave by, every link of the namespace (to find its upper devices) if
+    asked, and its whole record if asked."""
+    with rtnl.session() as s:
+        link = link or _link(index, s)
+        defaults = rtnl.host_default_links(s)
+        links = rtnl.dump_links(s) if links_needed else None
+        state = read(index, link, s) if with_record else None
+    return link, defaults, links, state
+
+
 def adopt(index: int) -> Adopted:
     """The configuration a container gets in adopt mode from this NIC."""
-    _link(index)  # the dumps below answer nothing, not an error, for a vanished one
-    routes = [info.route for info in rtnl.routes_via(index) if restorable(info)]
-    return adoption(rtnl.addresses_of(index), routes, time.time())
+    with rtnl.session() as s:
+        _link(index, s)  # the dumps below answer nothing, not an error, for a vanished one
+        routes = [info.route for info in rtnl.routes_via(index, s) if restorable(info)]
+        addresses = rtnl.addresses_of(index, s)
+    return adoption(addresses, routes, time.time())
 
 
 def adoption(addresses: Sequence[Address], routes: Sequence[Route], now: float) -> Adopted:

@@ -9,6 +9,7 @@ event socket, on the reactor, which never waits on it).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -206,21 +207,35 @@ def parse_messages(data: bytes) -> Iterator[tuple[int, Any]]:
         offset += (length + 3) & ~3
 
 
-def dump(msg_type: int, body: bytes, strict: bool = False,
-         flags: int = NLM_F_DUMP) -> list[tuple[int, Any]]:
-    """Every message of one request (a dump unless ``flags`` says otherwise).
-    Blocking: call it in a thread."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                         NETLINK_ROUTE)
-    try:
-        if strict:  # the kernel filters the dump by the request's header and attributes
-            sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
-        sock.bind((0, 0))
-        header = NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type, NLM_F_REQUEST | flags, 1, 0)
-        sock.send(header + body)
+class Session:
+    """One netlink socket for a run of requests, each read to its end before
+    the next is sent (blocking: one thread). The kernel checks each request
+    strictly and filters a dump by its header and attributes."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                  NETLINK_ROUTE)
+        try:
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+            self.sock.bind((0, 0))
+        except BaseException:
+            self.sock.close()
+            raise
+        self.sequence = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def request(self, msg_type: int, body: bytes,
+                flags: int = NLM_F_DUMP) -> list[tuple[int, Any]]:
+        """Every message of one request (a dump unless ``flags`` says otherwise)."""
+        self.sequence += 1
+        header = NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type, NLM_F_REQUEST | flags,
+                               self.sequence, 0)
+        self.sock.send(header + body)
         messages: list[tuple[int, Any]] = []
         while True:
-            for kind, value in parse_messages(sock.recv(RECV_BUFFER)):
+            for kind, value in parse_messages(self.sock.recv(RECV_BUFFER)):
                 if kind == NLMSG_DONE:
                     return messages
                 if kind == NLMSG_ERROR:
@@ -230,17 +245,36 @@ def dump(msg_type: int, body: bytes, strict: bool = False,
                 messages.append((kind, value))
                 if not flags & NLM_F_DUMP:
                     return messages
+
+
+@contextlib.contextmanager
+def session(given: Session | None = None) -> Iterator[Session]:
+    """``given``, or a session of its own for one call."""
+    if given is not None:
+        yield given
+        return
+    own = Session()
+    try:
+        yield own
     finally:
-        sock.close()
+        own.close()
 
 
-def get_link(index: int | None = None, name: str | None = None) -> LinkInfo | None:
+def dump(msg_type: int, body: bytes, flags: int = NLM_F_DUMP,
+         on: Session | None = None) -> list[tuple[int, Any]]:
+    """Every message of one request, on ``on`` or a socket of its own."""
+    with session(on) as s:
+        return s.request(msg_type, body, flags)
+
+
+def get_link(index: int | None = None, name: str | None = None,
+             on: Session | None = None) -> LinkInfo | None:
     """One link by index or name; None if there is none."""
     body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, index or 0, 0, 0)
     if index is None:
         body += attribute(IFLA_IFNAME, (name or "").encode() + b"\0")
     try:
-        found = dump(RTM_GETLINK, body, flags=0)
+        found = dump(RTM_GETLINK, body, flags=0, on=on)
     except OSError as e:
         if e.errno == errno.ENODEV:
             return None
@@ -248,46 +282,46 @@ def get_link(index: int | None = None, name: str | None = None) -> LinkInfo | No
     return next((value for kind, value in found if kind == RTM_NEWLINK), None)
 
 
-def addresses_of(index: int) -> tuple[Address, ...]:
+def addresses_of(index: int, on: Session | None = None) -> tuple[Address, ...]:
     """The addresses of one link (the kernel filters the dump by index)."""
     return tuple(value.address for kind, value in dump(
-        RTM_GETADDR, IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, index), strict=True)
+        RTM_GETADDR, IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, index), on=on)
         if kind == RTM_NEWADDR and value is not None)
 
 
-def dump_links() -> list[LinkInfo]:
+def dump_links(on: Session | None = None) -> list[LinkInfo]:
     """Every link of this network namespace."""
     return [value for kind, value in dump(RTM_GETLINK, IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0,
-                                                                      0, 0))
+                                                                      0, 0), on=on)
             if kind == RTM_NEWLINK]
 
 
-def dump_addresses() -> list[AddrInfo]:
+def dump_addresses(on: Session | None = None) -> list[AddrInfo]:
     """Every IPv4 and IPv6 address of this network namespace."""
     return [value for kind, value in dump(RTM_GETADDR, IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0,
-                                                                      0, 0))
+                                                                      0, 0), on=on)
             if kind == RTM_NEWADDR and value is not None]
 
 
-def routes_via(index: int) -> list[RouteInfo]:
+def routes_via(index: int, on: Session | None = None) -> list[RouteInfo]:
     """Every IPv4 and IPv6 route out of this link, in every table (the kernel
     filters the dumps by output interface)."""
     found: list[RouteInfo] = []
     for family in (socket.AF_INET, socket.AF_INET6):
         body = RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0) + attribute(RTA_OIF,
                                                                        struct.pack("=I", index))
-        found += [info for kind, info in dump(RTM_GETROUTE, body, strict=True)
+        found += [info for kind, info in dump(RTM_GETROUTE, body, on=on)
                   if kind == RTM_NEWROUTE]
     return found
 
 
-def host_default_links() -> set[int]:
+def host_default_links(on: Session | None = None) -> set[int]:
     """The links of the routes the host actually uses to leave: in the main
     table, the default route with the lowest metric, IPv4 and IPv6."""
     found: set[int] = set()
     for family in (socket.AF_INET, socket.AF_INET6):
         body = RTMSG.pack(family, 0, 0, 0, 254, 0, 0, 0, 0)  # table main
-        defaults = [info for kind, info in dump(RTM_GETROUTE, body, strict=True)
+        defaults = [info for kind, info in dump(RTM_GETROUTE, body, on=on)
                     if kind == RTM_NEWROUTE and info.route.default
                     and info.route.type == RTN_UNICAST and info.route.table == 254]
         if defaults:

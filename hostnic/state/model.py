@@ -127,6 +127,19 @@ class LinkInfo:
         return bool(self.flags & IFF_LOOPBACK)
 
 
+@attrs.frozen
+class LinkFacts:
+    """What the guards and a lend need to know of a link, read at once: the
+    link, the bridge or bond it is a port of, the devices built on it, whether
+    the host's own default route leaves by it, and (to lend it) its record."""
+
+    link: LinkInfo
+    master: LinkInfo | None = None
+    uppers: tuple[LinkInfo, ...] = ()
+    host_default: bool = False
+    state: "NicState | None" = None
+
+
 # Address flags (IFA_F_*). IPv6 calls 0x01 "temporary": a privacy address.
 IFA_F_SECONDARY = IFA_F_TEMPORARY = 0x01
 IFA_F_NODAD, IFA_F_OPTIMISTIC, IFA_F_DADFAILED, IFA_F_HOMEADDRESS = 0x02, 0x04, 0x08, 0x10

@@ -307,8 +307,9 @@ class InventoryTests(NetnsTestCase):
         # come after the change returns: the inventory is no source for it).
         ip("-n", self.ns, "link", "set", "hnaway", "up")
         ip("-n", self.ns, "addr", "add", "fd05::5/64", "dev", "hnaway", "nodad")
-        state = self.successResultOf(Deferred.fromCoroutine(host.read_state(home.index)))
-        self.assertIn("fd05::5", [a.address for a in state.addresses])
+        facts = self.successResultOf(Deferred.fromCoroutine(host.inspect(home, with_record=True)))
+        assert facts.state is not None
+        self.assertIn("fd05::5", [a.address for a in facts.state.addresses])
 
     def test_a_broken_event_socket_heals_and_resyncs(self) -> None:
         reactor = FakeReactor()
