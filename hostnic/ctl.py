@@ -331,7 +331,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     network.add_argument("id", help="network ID or a unique prefix of it")
     nic = commands.add_parser("nic", parents=[common],
                               help="one NIC: its state, what was recorded, the last restore")
-    nic.add_argument("key", help="MAC address or interface name")
+    nic.add_argument("key", help="MAC address, PCI address or interface name")
     events = commands.add_parser("events", parents=[common], help="recent calls and events")
     events.add_argument("-n", "--limit", type=int, default=50)
     release = commands.add_parser("release", parents=[common],

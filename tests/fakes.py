@@ -80,12 +80,14 @@ class FakeLink:
     group: int = 0
     master: int | None = None  # a bridge or bond it is a port of
     link: int | None = None  # the link it sits on (a macvlan's parent)
+    pci: str | None = None  # the PCI device it is on (a physical NIC, an SR-IOV VF)
 
     def info(self) -> LinkInfo:
         flags = (IFF_UP if self.up else 0) | (IFF_LOOPBACK if self.loopback else 0)
         return LinkInfo(self.index, self.name, self.mac, self.mtu, flags, self.kind, self.perm,
                         master=self.master, link=self.link, alias=self.alias,
-                        altnames=self.altnames, txqlen=self.txqlen, group=self.group)
+                        altnames=self.altnames, txqlen=self.txqlen, group=self.group,
+                        parent_bus="pci" if self.pci else None, parent_dev=self.pci)
 
     def state(self) -> NicState:
         return NicState(self.name, self.mac, self.mtu, self.up, tuple(self.addresses),
@@ -246,14 +248,14 @@ class FakeHost:
         self._callbacks.append(callback)
 
     def known(self, nic: NicRef) -> list[LinkInfo]:
-        return [l for l in self._inventory() if nic.matches(l.mac, l.perm)]
+        return [l for l in self._inventory() if nic.matches(l.mac, l.perm, l.pci)]
 
     async def locate(self, nic: NicRef, transit_name: str | None = None,
                      lent_index: int | None = None) -> LinkInfo | None:
         await self._step("locate", nic.mac)
         links = sorted(self.home(), key=lambda l: (l.name != transit_name, l.index))
         found = [l for l in links if (transit_name is not None and l.name == transit_name)
-                 or nic.matches(l.mac, l.perm)]
+                 or nic.matches(l.mac, l.perm, l.pci)]
         answer = proven(nic, [l.info() for l in found], lent_index)
         await self._step("locate.answered", nic.mac)  # the answer may be stale by now
         return answer
@@ -261,6 +263,10 @@ class FakeHost:
     async def locate_name(self, name: str) -> LinkInfo | None:
         await self._step("locate_name", name)
         return next((l.info() for l in self.home() if l.name == name), None)
+
+    async def locate_pci(self, pci: str) -> LinkInfo | None:
+        await self._step("locate_pci", pci)
+        return next((l.info() for l in self.home() if l.pci == pci), None)
 
     async def inspect(self, link: LinkInfo, with_record: bool = False) -> LinkFacts:
         await self._step("inspect", link.index)  # one thread hop, as the real host's

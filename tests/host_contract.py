@@ -252,3 +252,8 @@ class HostContract(Mixin):
         # Its index when lent was another (a namespace it visited held it).
         found = self.done(self.host.locate(self.nic_of(ens), "hnlent0", ens.index + 1000))
         self.assertEqual(found.index if found else None, ens.index)
+
+    def test_a_pci_address_no_device_has_finds_nothing(self) -> None:
+        ens = self.nic("ens9")
+        self.assertIsNone(ens.pci)  # a veth is on no device: it has no PCI address
+        self.assertIsNone(self.done(self.host.locate_pci("0000:7f:1f.7")))

@@ -76,8 +76,10 @@ class MethodTests(AdminTestCase):
     def test_networks(self) -> None:
         [network] = self.result("networks.list")
         self.assertEqual(network["pool"], [
-            {"mac": MAC1, "perm_mac": None, "name": None, "endpoint": EP, "adopted": None},
-            {"mac": MAC2, "perm_mac": None, "name": "ens5", "endpoint": None, "adopted": None}])
+            {"mac": MAC1, "perm_mac": None, "pci": None, "name": None, "endpoint": EP,
+             "adopted": None},
+            {"mac": MAC2, "perm_mac": None, "pci": None, "name": "ens5", "endpoint": None,
+             "adopted": None}])
         self.assertEqual(network["mode"], "ipam")
         self.assertEqual((network["gateway4"], network["subnets"]), ("192.168.7.1", ["192.168.7.0/24"]))
         self.assertEqual(self.result("networks.get", {"id": NET[:12]}), network)

@@ -78,13 +78,13 @@ class DriverTests(CoreTestCase):
     def test_refusals_are_json_sentences(self) -> None:
         cases = [
             ("NetworkDriver.CreateNetwork", network_body(), 200,
-             "hostnic needs the NIC to hand out: give -o hostnic_mac=MAC or -o "
-             "hostnic_name=IFNAME (several may be comma-separated)"),
+             "hostnic needs the NIC to hand out: give -o hostnic_mac=MAC, -o "
+             "hostnic_name=IFNAME or -o hostnic_pci=PCI (several may be comma-separated)"),
             ("NetworkDriver.CreateNetwork", network_body(hostnic_mac="52:54:00:zz:00:01"), 200,
              "'52:54:00:zz:00:01' is not a MAC address"),
             ("NetworkDriver.CreateNetwork", network_body(hostnic_mac=MAC1, colour="red"), 200,
-             "hostnic does not know the option colour; it takes hostnic_mac=MAC[,MAC...] "
-             "and/or hostnic_name=IFNAME[,IFNAME...]"),
+             "hostnic does not know the option colour; it takes hostnic_mac=MAC[,MAC...], "
+             "hostnic_name=IFNAME[,IFNAME...] and hostnic_pci=PCI[,PCI...]"),
             ("NetworkDriver.CreateNetwork", {"NetworkID": 7}, 400,
              "NetworkID must be a str, not int"),
             ("NetworkDriver.CreateNetwork", {"NetworkID": NET, "Options": []}, 400,

@@ -3,9 +3,10 @@ tests use; tests/netns/test_host_contract.py runs it over the real one."""
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from hostnic.state.model import LinkInfo
+from hostnic.state.model import LinkInfo, NicRef
 from tests.fakes import FakeHost, FakeLink
 from tests.host_contract import HostContract
 
@@ -69,3 +70,27 @@ class FakeHostContractTests(HostContract, SynchronousTestCase):
 
     def events_delivered(self) -> None:
         pass  # the fake tells its listeners at once
+
+
+class FakePciContractTests(SynchronousTestCase):
+    """What the contract says of a NIC on a PCI device, where only the fake
+    has one (this machine's NICs are virtio over MMIO: no PCI device at all;
+    tests/netns/test_netlink.py checks the kernel's parent device of those)."""
+
+    def setUp(self) -> None:
+        self.host = FakeHost()
+        self.successResultOf(Deferred.fromCoroutine(self.host.start()))
+
+    def test_a_nic_is_found_and_proven_by_its_pci_address(self) -> None:
+        vf = self.host.add("ens5f1v0", "52:54:00:00:0f:01", pci="0000:3b:02.1")
+        found = self.successResultOf(Deferred.fromCoroutine(self.host.locate_pci("0000:3b:02.1")))
+        assert found is not None
+        self.assertEqual((found.index, found.pci), (vf.index, "0000:3b:02.1"))
+        nic = NicRef(vf.mac, None, "0000:3b:02.1")
+        vf.mac = "02:00:00:00:0f:99"  # the cloud, or a container, rewrote it
+        self.assertEqual([l.index for l in self.host.known(nic)], [vf.index])
+        located = self.successResultOf(Deferred.fromCoroutine(self.host.locate(nic)))
+        self.assertEqual(located.index if located else None, vf.index)
+        # Another device wearing the NIC's old MAC is not the NIC.
+        copy = self.host.add("mv0", "52:54:00:00:0f:01", kind="macvlan")
+        self.assertFalse(nic.is_link(copy.info()))

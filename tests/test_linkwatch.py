@@ -64,11 +64,13 @@ class InventoryTests(SynchronousTestCase):
         for i in range(1000):
             link = LinkInfo(100 + i, f"veth{i}", f"02:00:00:00:{i // 256:02x}:{i % 256:02x}",
                             1500, 0, "veth", perm=f"02:11:00:00:{i // 256:02x}:{i % 256:02x}",
-                            link=2000 + i)  # its peer, here
+                            link=2000 + i,  # its peer, here
+                            parent_bus="pci", parent_dev=f"0000:{i // 32:02x}:{i % 32:02x}.0")
             inv.apply(RTM_NEWLINK, link)
+            self.assertEqual(inv.by_pci(link.parent_dev or ""), [link])
             inv.apply(RTM_DELLINK, link)
-        self.assertEqual(inv.index_sizes(), {"links": 0, "macs": 0, "perms": 0, "names": 0,
-                                             "lowers": 0, "addresses": 0})
+        self.assertEqual(inv.index_sizes(), {"links": 0, "macs": 0, "perms": 0, "pcis": 0,
+                                             "names": 0, "lowers": 0, "addresses": 0})
 
     def test_links_built_on_another_follow_events(self) -> None:
         inv = Inventory()

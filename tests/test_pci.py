@@ -9,7 +9,11 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from hostnic.api.libnetwork import define_network
 from hostnic.kernel.host import pci_address
+from hostnic.state.model import NicRef
+from tests.helpers import (EP, EP2, MAC1, MAC2, MAC3, NET, NET2, SANDBOX, CoreTestCase,
+                           claim_request, endpoint_body, network_body)
 
 
 class PciAddressTests(SynchronousTestCase):
@@ -34,3 +38,63 @@ class PciAddressTests(SynchronousTestCase):
                  for name in ("ens3", "enp1s0", "veth0", "eth9", "absent0")}
         self.assertEqual(found, {"ens3": "0000:00:03.0", "enp1s0": "0000:01:00.0",
                                  "veth0": None, "eth9": None, "absent0": None})
+
+
+class NamesAtPciTests(SynchronousTestCase):
+    def test_a_pci_device_names_its_interfaces_and_its_virtio_devices(self) -> None:
+        from hostnic.kernel.host import names_at_pci
+        sysfs = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, sysfs)
+        for path in ("bus/pci/devices/0000:00:03.0/virtio2/net/ens3",  # a virtio NIC
+                     "bus/pci/devices/0000:3b:02.1/net/ens5f1v0",  # a VF
+                     "bus/pci/devices/0000:00:1f.2"):  # no NIC on it
+            os.makedirs(f"{sysfs}/{path}")
+        self.assertEqual({pci: names_at_pci(pci, sysfs) for pci in (
+            "0000:00:03.0", "0000:3b:02.1", "0000:00:1f.2", "0000:00:09.0")},
+            {"0000:00:03.0": ["ens3"], "0000:3b:02.1": ["ens5f1v0"], "0000:00:1f.2": [],
+             "0000:00:09.0": []})
+
+
+class PciPoolTests(CoreTestCase):
+    """Pools and pins by PCI address, where the kernel reports one (an SR-IOV
+    VF, a PCI NIC whose MAC the cloud rewrites)."""
+
+    VF1, VF2 = "0000:3b:02.1", "0000:3b:02.2"
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.vf1 = self.host.add("ens5f1v0", MAC1, up=True, pci=self.VF1)
+        self.vf2 = self.host.add("ens5f1v1", MAC2, up=True, pci=self.VF2)
+        self.before = self.vf1.state()
+
+    def test_a_pool_and_a_pin_by_pci_address(self) -> None:
+        self.create_network(hostnic_pci=f"3b:02.1,{self.VF2.upper()}")
+        self.assertEqual(self.core.state.networks[NET].pool,
+                         (NicRef(MAC1, None, self.VF1), NicRef(MAC2, None, self.VF2)))
+        self.assertEqual(self.create_endpoint(EP, hostnic_pci=self.VF2).mac, MAC2)
+        self.assertEqual(self.on_disk()["networks"][0]["pool"][1]["pci"], self.VF2)
+
+    def test_a_rewritten_mac_does_not_hide_the_nic(self) -> None:
+        self.create_network(hostnic_pci=self.VF1)
+        self.create_endpoint(EP)
+        src = self.join().src_name
+        inside = self.host.dockerd_moves_in(src, SANDBOX, "192.168.7.10")
+        inside.mac = "02:00:00:00:0f:99"  # rewritten while lent
+        self.host.kernel_returns(inside)  # home as eth0, its MAC another
+        self.assertEqual((self.vf1.where, self.vf1.state()), ("host", self.before))
+
+    def test_refusals_name_what_is_missing(self) -> None:
+        self.assertIn("there is no NIC at PCI address 0000:3b:02.7", self.refused(
+            self.core.define_network(define_network(network_body(hostnic_pci="0000:3b:02.7")))))
+        self.host.add("ens9", MAC3)  # a virtual NIC: no PCI device
+        self.create_network(NET2, hostnic_mac=MAC3)
+        message = self.refused(self.core.claim(claim_request(
+            endpoint_body(EP2, NET2, hostnic_pci=self.VF1))))
+        self.assertEqual(message, f"the NIC at PCI address {self.VF1} is not in the pool of "
+                                  f"network {NET2[:12]} ({MAC3}); a virtual NIC has no PCI "
+                                  f"address: pin it by its MAC")
+        from hostnic.errors import InvalidOption
+        with self.assertRaises(InvalidOption) as caught:
+            define_network(network_body(hostnic_pci="3b:02"))
+        self.assertEqual(caught.exception.message,
+                         "'3b:02' is not a PCI address (like 0000:00:05.0)")

@@ -77,6 +77,26 @@ class StoreTests(SynchronousTestCase):
         self.assertEqual(state.networks[NET].pool, (NicRef(MAC1),))
         self.assertEqual(state.claims[EP].nic, NicRef(MAC1))
 
+    def test_version_2_files_are_read_and_version_3_keeps_pci_addresses(self) -> None:
+        with open(self.store.path, "w") as f:
+            json.dump({"version": 2, "generation": 0, "networks": [
+                {"id": NET, "pool": [{"mac": MAC1, "perm": MAC2}], "gateway4": "10.0.0.1",
+                 "subnets": [], "options": {}}], "claims": []}, f)
+        state = self.store.load()
+        self.assertEqual(state.networks[NET].pool, (NicRef(MAC1, MAC2),))
+        vf = NicRef(MAC1, None, "0000:3b:02.1")
+        pci_state = State(networks={NET: Network(NET, (vf,), "10.0.0.1")})
+        self.successResultOf(self.save(pci_state))
+        self.assertEqual(StateStore(self.store.directory, run_now).load(), pci_state)
+        self.assertEqual(decode(encode(pci_state)), pci_state)
+        self.assertEqual(json.loads(encode(pci_state))["version"], 3)
+
+    def test_a_newer_format_is_refused_with_a_sentence(self) -> None:
+        with open(self.store.path, "w") as f:
+            json.dump({"version": 4, "networks": [], "claims": []}, f)
+        message = str(self.assertRaises(StoreError, self.store.load))
+        self.assertIn("version: 4 is not a format this hostnic reads (1, 2, 3)", message)
+
     def test_missing_file_is_empty_state_and_stale_temp_is_removed(self) -> None:
         stale = os.path.join(self.store.directory, "state.json.tmp.123")
         with open(stale, "w") as f:

@@ -26,7 +26,7 @@ from hostnic.core.owner import Core
 from hostnic.errors import (HostError, HostnicError, InvalidOption, NicUnavailable,
                             PoolExhausted, StoreError, UnknownObject)
 from hostnic.sentences import quoted
-from hostnic.state.model import normalize_mac, valid_ifname
+from hostnic.state.model import normalize_mac, normalize_pci, valid_ifname
 
 MAX_BODY = 1 << 20
 ERROR_CODES: dict[type[HostnicError], int] = {
@@ -175,15 +175,20 @@ class AdminAPI:
                                view.state, view.restores)
 
     async def nics_get(self, key: str) -> dict[str, Any]:
-        mac = None
-        try:
-            mac = normalize_mac(key)
-        except InvalidOption:
+        """One NIC, by MAC, by PCI address or by interface name."""
+        field, wanted = "name", key
+        for name, normal in (("mac", normalize_mac), ("pci", normalize_pci)):
+            try:
+                field, wanted = name, normal(key)
+                break
+            except InvalidOption:
+                pass
+        else:
             if not valid_ifname(key):
-                raise RPCError(INVALID_PARAMS, f"{quoted(key)} is neither a MAC nor an "
-                                               f"interface name") from None
+                raise RPCError(INVALID_PARAMS, f"{quoted(key)} is neither a MAC, a PCI address "
+                                               f"nor an interface name")
         for nic in await self.nics_list():
-            if (mac is not None and nic["mac"] == mac) or (mac is None and nic["name"] == key):
+            if nic[field] == wanted:
                 return nic
         raise UnknownObject(f"no NIC {quoted(key)} in the host namespace or in hostnic's state")
 

@@ -17,13 +17,14 @@ import netaddr
 from hostnic.core.commands import ClaimNic, DefineNetwork, EndpointKey, LendNic
 from hostnic.errors import BadRequest, InvalidOption
 from hostnic.sentences import quoted
-from hostnic.state.model import normalize_mac, valid_ifname
+from hostnic.state.model import normalize_mac, normalize_pci, valid_ifname
 
 GENERIC = "com.docker.network.generic"
 OPT_MAC = "hostnic_mac"
 OPT_NAME = "hostnic_name"
-NETWORK_OPTIONS = (OPT_MAC, OPT_NAME)
-ENDPOINT_OPTIONS = (OPT_MAC,)
+OPT_PCI = "hostnic_pci"
+NETWORK_OPTIONS = (OPT_MAC, OPT_NAME, OPT_PCI)
+ENDPOINT_OPTIONS = (OPT_MAC, OPT_PCI)
 _ID = re.compile(r"^[0-9a-zA-Z]{1,64}$")
 
 
@@ -111,17 +112,18 @@ def define_network(body: Mapping[str, Any]) -> DefineNetwork:
     if unknown:
         raise InvalidOption(
             f"hostnic does not know the option{'s' if len(unknown) > 1 else ''} "
-            f"{_names(unknown)}; it takes {OPT_MAC}=MAC[,MAC...] and/or "
-            f"{OPT_NAME}=IFNAME[,IFNAME...]")
+            f"{_names(unknown)}; it takes {OPT_MAC}=MAC[,MAC...], "
+            f"{OPT_NAME}=IFNAME[,IFNAME...] and {OPT_PCI}=PCI[,PCI...]")
     macs = tuple(normalize_mac(m) for m in _split(generic.get(OPT_MAC, "")))
     names = tuple(_split(generic.get(OPT_NAME, "")))
+    pcis = tuple(normalize_pci(p) for p in _split(generic.get(OPT_PCI, "")))
     for name in names:
         if not valid_ifname(name):
             raise InvalidOption(f"{OPT_NAME} {quoted(name)} is not an interface name")
-    if not macs and not names:
+    if not macs and not names and not pcis:
         raise InvalidOption(
-            f"hostnic needs the NIC to hand out: give -o {OPT_MAC}=MAC "
-            f"or -o {OPT_NAME}=IFNAME (several may be comma-separated)")
+            f"hostnic needs the NIC to hand out: give -o {OPT_MAC}=MAC, "
+            f"-o {OPT_NAME}=IFNAME or -o {OPT_PCI}=PCI (several may be comma-separated)")
     v4 = _ip_data(body, "IPv4Data")
     v6 = _ip_data(body, "IPv6Data")
     # dockerd 20.10 and 26.1 send [{"AddressSpace": "null", "Pool": "0.0.0.0/0"}]
@@ -135,6 +137,7 @@ def define_network(body: Mapping[str, Any]) -> DefineNetwork:
         network_id=network_id,
         macs=tuple(dict.fromkeys(macs)),
         names=tuple(dict.fromkeys(names)),
+        pcis=tuple(dict.fromkeys(pcis)),
         gateway4=None if adopt else next((d.gateway for d in v4 if d.gateway), None),
         gateway6=None if adopt else next((d.gateway for d in v6 if d.gateway), None),
         subnets=() if adopt else tuple(d.pool for d in v4 + v6 if d.pool),
@@ -167,12 +170,13 @@ class CreateEndpoint:
                          if k.startswith("hostnic_") and k not in ENDPOINT_OPTIONS)
         if unknown:
             raise InvalidOption(f"hostnic does not know the endpoint option "
-                                f"{_names(unknown)}; it takes {OPT_MAC}=MAC")
-        pinned = None
-        if options.get(OPT_MAC) is not None:
-            if not isinstance(options[OPT_MAC], str):
-                raise InvalidOption(f"{OPT_MAC} must be a string")
-            pinned = normalize_mac(options[OPT_MAC])
+                                f"{_names(unknown)}; it takes {OPT_MAC}=MAC or {OPT_PCI}=PCI")
+        for option in ENDPOINT_OPTIONS:
+            if options.get(option) is not None and not isinstance(options[option], str):
+                raise InvalidOption(f"{option} must be a string")
+        pinned = normalize_mac(options[OPT_MAC]) if options.get(OPT_MAC) is not None else None
+        pinned_pci = (normalize_pci(options[OPT_PCI]) if options.get(OPT_PCI) is not None
+                      else None)
         requested_mac = _field(interface, "MacAddress", str, required=False) or ""
         if requested_mac:
             mac = normalize_mac(requested_mac)
@@ -182,7 +186,11 @@ class CreateEndpoint:
             pinned = mac
         address = _field(interface, "Address", str, required=False) or ""
         address6 = _field(interface, "AddressIPv6", str, required=False) or ""
-        return cls(command=ClaimNic(key, pinned), interface_has_mac=bool(requested_mac),
+        if pinned_pci is not None and pinned is not None:
+            raise InvalidOption(f"pin a NIC by {OPT_MAC} (or --mac-address) or by {OPT_PCI}, "
+                                f"not both")
+        return cls(command=ClaimNic(key, pinned, pinned_pci),
+                   interface_has_mac=bool(requested_mac),
                    interface_has_address=bool(address), interface_has_address6=bool(address6))
 
 

@@ -41,7 +41,8 @@ def claim_view(claim: Claim, present: bool,
                restores: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     restore = (restores or {}).get(claim.mac)
     return {"endpoint": claim.endpoint_id, "network": claim.network_id, "mac": claim.mac,
-            "perm_mac": claim.nic.perm, "transit_name": claim.transit_name, "phase": claim.phase.value, "created_at": claim.created_at,
+            "perm_mac": claim.nic.perm, "pci": claim.nic.pci, "transit_name": claim.transit_name,
+            "phase": claim.phase.value, "created_at": claim.created_at,
             "joined_at": claim.joined_at, "sandbox_key": claim.sandbox_key,
             "nic_in_host": present, "original": nic_state(claim.original),
             "adopted": adopted_view(claim.adopted),
@@ -56,7 +57,8 @@ def network_view(network: Network, state: State, names: dict[str, str]) -> dict[
     return {"id": network.id, "gateway4": network.gateway4, "gateway6": network.gateway6,
             "subnets": list(network.subnets), "options": dict(network.options),
             "mode": "adopt" if network.adopt else "ipam", "ipv6": network.ipv6,
-            "pool": [{"mac": nic.mac, "perm_mac": nic.perm, "name": names.get(nic.mac),
+            "pool": [{"mac": nic.mac, "perm_mac": nic.perm, "pci": nic.pci,
+                      "name": names.get(nic.mac),
                       "endpoint": users.get(nic.key),
                       "adopted": adopted_view(network.adopted.get(nic.mac))}
                      for nic in network.pool]}
@@ -96,14 +98,14 @@ def nic_views(links: list[LinkInfo], addresses: Mapping[int, list[Address]],
         if link.mac is None:
             continue
         # A lent NIC is known by its transit name too (its MAC may have changed).
-        claim = state.claim_of_link(link.mac, link.perm, link.name)
-        nic = claim.nic if claim is not None else NicRef(link.mac, link.perm)
+        claim = state.claim_of_link(link.mac, link.perm, link.name, link.pci)
+        nic = claim.nic if claim is not None else NicRef(link.mac, link.perm, link.pci)
         network = state.network_of(nic)
         seen.add((network.entry(nic) or nic).mac if network is not None else nic.mac)
         views.append({
             "name": link.name, "mac": link.mac, "perm_mac": link.perm, "index": link.index,
             "kind": "virtual" if link.kind else "physical", "driver": link.kind,
-            "pci": pci.get(link.name), "mtu": link.mtu,
+            "pci": link.pci or pci.get(link.name), "mtu": link.mtu,
             "admin": "up" if link.up else "down", "oper": "up" if link.carrier else "down",
             "addresses": address_list(addresses.get(link.index, [])),
             "status": nic_status(nic, True, state, link.index in management, link.loopback),
@@ -123,7 +125,7 @@ def nic_views(links: list[LinkInfo], addresses: Mapping[int, list[Address]],
         views.append({
             "name": original.name if original else None, "mac": nic.mac,
             "perm_mac": nic.perm, "index": None,
-            "kind": None, "driver": None, "pci": None,
+            "kind": None, "driver": None, "pci": nic.pci,
             "mtu": original.mtu if original else None, "admin": None, "oper": None,
             "addresses": [], "status": nic_status(nic, False, state, False),
             "management": False, "network": network.id if network else None,

@@ -20,7 +20,8 @@ class DefineNetwork:
 
     network_id: str
     macs: tuple[str, ...]  # the NICs, by MAC ...
-    names: tuple[str, ...]  # ... and by interface name
+    names: tuple[str, ...]  # ... by interface name ...
+    pcis: tuple[str, ...] = ()  # ... and by PCI address
     gateway4: str | None = None
     gateway6: str | None = None
     subnets: tuple[str, ...] = ()
@@ -42,6 +43,7 @@ class ClaimNic:
 
     endpoint: EndpointKey
     pinned_mac: str | None = None
+    pinned_pci: str | None = None
 
 
 @attrs.frozen

@@ -168,7 +168,7 @@ class Core:
 
     async def _resolve_pool(self, request: DefineNetwork) -> list[tuple[NicRef, LinkInfo]]:
         """The NICs a request names, each found and checked on the host."""
-        links: list[LinkInfo] = []
+        links: list[tuple[LinkInfo, str | None]] = []  # and the PCI address it was named by
         for mac in request.macs:
             carriers = self.host.known(NicRef(mac))
             if len(carriers) > 1:
@@ -185,18 +185,25 @@ class Core:
             link = await self.host.locate(NicRef(mac))
             if link is None:
                 raise NicUnavailable(f"there is no NIC with MAC {mac} in the host network namespace")
-            links.append(link)
+            links.append((link, None))
         for name in request.names:
             link = await self.host.locate_name(name)
             if link is None:
                 raise NicUnavailable(f"there is no interface {name} in the host network namespace")
             if link.mac is None:
                 raise NicUnavailable(f"interface {name} has no Ethernet MAC address")
-            links.append(link)
+            links.append((link, None))
+        for pci in request.pcis:
+            link = await self.host.locate_pci(pci)
+            if link is None or link.mac is None:
+                raise NicUnavailable(f"there is no NIC at PCI address {pci} in the host network "
+                                     f"namespace (is it in another namespace, or bound to "
+                                     f"another driver?)")
+            links.append((link, pci))
         nics: list[tuple[NicRef, LinkInfo]] = []
-        for link in links:
+        for link, named_pci in links:
             assert link.mac is not None
-            nic = NicRef(link.mac, link.perm)
+            nic = NicRef(link.mac, link.perm, named_pci or link.pci)
             if any(nic.same_nic(other) for other, _ in nics):
                 continue
             await self._check_lendable(nic, link)
@@ -265,7 +272,8 @@ class Core:
             # No await between choosing and claiming: the claim is in the ledger
             # before anyone else can choose.
             nic = pools.choose(self.state, network, request.pinned_mac,
-                               lambda n: bool(self.host.known(n)), self._label)
+                               lambda n: bool(self.host.known(n)), self._label,
+                               pinned_pci=request.pinned_pci)
             claim = Claim(endpoint_id=ref.endpoint_id, network_id=network.id, nic=nic,
                           created_at=self.clock(), adopted=network.adopted.get(nic.mac))
             await self.ledger.put_claim(None, claim)
@@ -426,7 +434,7 @@ class Core:
         NIC, settle it under its lock, after whatever holds that lock now (a
         DeleteEndpoint that just missed it will have marked its claim by then).
         A NIC that wears its transit name, or looks as recorded, needs nothing."""
-        claim = self.state.claim_of_link(link.mac, link.perm, link.name)
+        claim = self.state.claim_of_link(link.mac, link.perm, link.name, link.pci)
         if claim is None or claim.original is None:
             return
         if claim.phase is Phase.JOINED and (

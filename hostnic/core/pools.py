@@ -30,16 +30,20 @@ def check_free(state: State, network_id: str, nics: list[NicRef], label: Label) 
 
 
 def choose(state: State, network: Network, pinned: str | None,
-           present: Callable[[NicRef], bool], label: Label) -> NicRef:
-    """The pool NIC for a new endpoint: the pinned one, else the first free
-    one that is in the host namespace."""
+           present: Callable[[NicRef], bool], label: Label,
+           pinned_pci: str | None = None) -> NicRef:
+    """The pool NIC for a new endpoint: the pinned one (by MAC or by PCI
+    address), else the first free one that is in the host namespace."""
     claimed = {c.nic.key: c for c in state.claims.values()}
-    if pinned is not None:
-        entry = network.entry(NicRef(pinned))
+    if pinned is not None or pinned_pci is not None:
+        entry = network.entry(NicRef(pinned or "", pci=pinned_pci))
         if entry is None:
+            what = f"NIC {pinned}" if pinned else f"the NIC at PCI address {pinned_pci}"
             raise NicUnavailable(
-                f"NIC {pinned} is not in the pool of network {short(network.id)} "
-                f"({', '.join(network.macs)})")
+                f"{what} is not in the pool of network {short(network.id)} "
+                f"({', '.join(map(describe, network.pool))})"
+                + ("; a virtual NIC has no PCI address: pin it by its MAC"
+                   if pinned_pci and not any(n.pci for n in network.pool) else ""))
         if entry.key in claimed:
             raise NicUnavailable(
                 f"NIC {label(entry)} of network {short(network.id)} is in use "
@@ -57,6 +61,11 @@ def choose(state: State, network: Network, pinned: str | None,
             f"the free NICs of network {short(network.id)} "
             f"({', '.join(nic.mac for nic in free)}) are not in the host network namespace")
     return home[0]
+
+
+def describe(nic: NicRef) -> str:
+    """A pool entry as a user names it: its MAC, and its PCI address if any."""
+    return f"{nic.mac} at {nic.pci}" if nic.pci else nic.mac
 
 
 def difference(held: Network, request: DefineNetwork) -> str | None:

@@ -37,6 +37,9 @@ class HostPort(Protocol):
         its permanent address, its MAC, or ``lent_index``, its index when lent):
         a name alone never is proof."""
     async def locate_name(self, name: str) -> LinkInfo | None: ...
+    async def locate_pci(self, pci: str) -> LinkInfo | None:
+        """The host link on the PCI device ``pci`` (a NIC, an SR-IOV VF, a
+        virtio NIC), or None."""
     async def inspect(self, link: LinkInfo, with_record: bool = False) -> LinkFacts:
         """At once, what the guards need of ``link`` (the bridge or bond it is
         a port of, the devices built on it, whether the host's own default

@@ -13,6 +13,7 @@ in-memory model of a namespace that behaves like the kernel;
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 from typing import Any, Callable
@@ -46,6 +47,19 @@ def pci_address(name: str, sysfs: str = "/sys") -> str | None:
         if PCI_ADDRESS.match(part):
             return part
     return None
+
+
+def names_at_pci(pci: str, sysfs: str = "/sys") -> list[str]:
+    """The network interfaces of the PCI device ``pci``: its own (a NIC, a
+    VF) or its virtio device's (a virtio NIC, whose parent the kernel reports
+    as the virtio device)."""
+    device = f"{sysfs}/bus/pci/devices/{pci}"
+    return sorted(os.path.basename(path) for path in
+                  glob.glob(f"{device}/net/*") + glob.glob(f"{device}/virtio*/net/*"))
+
+
+def links_at_pci(pci: str) -> list[LinkInfo]:
+    return [link for link in (rtnl.get_link(name=name) for name in names_at_pci(pci)) if link]
 
 
 def translated(what: str, f: Callable[..., Any], *args: Any) -> Any:
@@ -87,7 +101,7 @@ def find_links(nic: NicRef, transit_name: str | None) -> list[LinkInfo]:
         if link is not None:
             found[link.index] = link
     for link in rtnl.dump_links():
-        if nic.matches(link.mac, link.perm):
+        if nic.matches(link.mac, link.perm, link.pci):
             found.setdefault(link.index, link)
     return list(found.values())
 
@@ -150,6 +164,8 @@ class NetlinkHost:
         found = {link.index: link for link in inventory.by_mac(nic.mac)}
         if nic.perm is not None:
             found.update((link.index, link) for link in inventory.by_perm(nic.perm))
+        if nic.pci is not None:
+            found.update((link.index, link) for link in inventory.by_pci(nic.pci))
         return [found[i] for i in sorted(found)]
 
     async def locate(self, nic: NicRef, transit_name: str | None = None,
@@ -163,6 +179,17 @@ class NetlinkHost:
             links = await self._ask(f"looking for NIC {nic.mac} in the kernel", find_links,
                                     nic, transit_name)
         return proven(nic, links, lent_index)
+
+    async def locate_pci(self, pci: str) -> LinkInfo | None:
+        self.monitor.drain()
+        if self.monitor.ready:
+            links = self.monitor.inventory.by_pci(pci)
+            if links:
+                return links[0]
+        # A virtio NIC's parent is its virtio device: its PCI address is in sysfs.
+        found: list[LinkInfo] = await self._ask(f"looking for the NIC at PCI address {pci}",
+                                                links_at_pci, pci)
+        return found[0] if found else None
 
     async def locate_name(self, name: str) -> LinkInfo | None:
         self.monitor.drain()

@@ -1,5 +1,5 @@
 """The NIC inventory: every link of the host namespace by index, MAC,
-permanent address and name, and every address by link, kept current from
+permanent address, PCI address and name, and every address by link, kept current from
 netlink events so the request path neither dumps nor asks the kernel.
 
 A raw ``AF_NETLINK`` socket bound to the link and address groups is read on
@@ -46,6 +46,7 @@ class Inventory:
     _links: dict[int, LinkInfo] = attrs.field(factory=dict)
     _by_mac: dict[str, set[int]] = attrs.field(factory=dict)
     _by_perm: dict[str, set[int]] = attrs.field(factory=dict)
+    _by_pci: dict[str, set[int]] = attrs.field(factory=dict)
     _by_name: dict[str, int] = attrs.field(factory=dict)
     # Links built on another of this namespace (VLAN, macvlan, a veth's
     # peer here), by that one's index: a guard asks at every lend.
@@ -75,6 +76,7 @@ class Inventory:
         if previous is not None:
             _discard(self._by_mac, previous.mac, link.index)
             _discard(self._by_perm, previous.perm, link.index)
+            _discard(self._by_pci, previous.pci, link.index)
             if self._by_name.get(previous.name) == link.index:
                 del self._by_name[previous.name]
             _discard(self._by_lower, _lower(previous), link.index)
@@ -84,6 +86,8 @@ class Inventory:
                 self._by_mac.setdefault(link.mac, set()).add(link.index)
             if link.perm is not None:
                 self._by_perm.setdefault(link.perm, set()).add(link.index)
+            if link.pci is not None:
+                self._by_pci.setdefault(link.pci, set()).add(link.index)
             self._by_name[link.name] = link.index
             lower = _lower(link)
             if lower is not None:
@@ -91,7 +95,7 @@ class Inventory:
         return previous
 
     def replace(self, links: Sequence[LinkInfo], addresses: Sequence[AddrInfo] = ()) -> None:
-        for table in (self._links, self._by_mac, self._by_perm, self._by_name,
+        for table in (self._links, self._by_mac, self._by_perm, self._by_pci, self._by_name,
                       self._by_lower, self._addresses):
             table.clear()
         for link in links:
@@ -105,6 +109,10 @@ class Inventory:
 
     def by_perm(self, perm: str) -> list[LinkInfo]:
         return sorted((self._links[i] for i in self._by_perm.get(perm, ())),
+                      key=lambda link: link.index)
+
+    def by_pci(self, pci: str) -> list[LinkInfo]:
+        return sorted((self._links[i] for i in self._by_pci.get(pci, ())),
                       key=lambda link: link.index)
 
     def by_name(self, name: str) -> LinkInfo | None:
@@ -124,7 +132,8 @@ class Inventory:
 
     def index_sizes(self) -> dict[str, int]:
         return {"links": len(self._links), "macs": len(self._by_mac),
-                "perms": len(self._by_perm), "names": len(self._by_name),
+                "perms": len(self._by_perm), "pcis": len(self._by_pci),
+                "names": len(self._by_name),
                 "lowers": len(self._by_lower),
                 "addresses": len(self._addresses)}
 

@@ -32,6 +32,7 @@ NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO, IFLA_PERM_ADDRESS = 1, 3, 4, 18, 54
 IFLA_LINK, IFLA_MASTER, IFLA_TXQLEN, IFLA_IFALIAS, IFLA_GROUP = 5, 10, 13, 20, 27
 IFLA_LINK_NETNSID, IFLA_PROP_LIST, IFLA_ALT_IFNAME = 37, 52, 53
+IFLA_PARENT_DEV_NAME, IFLA_PARENT_DEV_BUS_NAME = 56, 57  # Linux 5.16
 IFLA_INFO_KIND = 1
 IFA_ADDRESS, IFA_LOCAL, IFA_LABEL, IFA_BROADCAST, IFA_CACHEINFO, IFA_FLAGS = 1, 2, 3, 4, 6, 8
 RTA_DST, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_TABLE = 1, 5, 6, 7, 15
@@ -111,6 +112,10 @@ def _link(data: bytes, body: int, end: int) -> LinkInfo:
             extra["txqlen"] = _u32(value)
         elif attr == IFLA_GROUP:
             extra["group"] = _u32(value)
+        elif attr == IFLA_PARENT_DEV_NAME:
+            extra["parent_dev"] = _text(value)
+        elif attr == IFLA_PARENT_DEV_BUS_NAME:
+            extra["parent_bus"] = _text(value)
         elif attr == IFLA_PROP_LIST:
             extra["altnames"] = tuple(_text(v) for sub, v in attributes(value, 0, len(value))
                                       if sub == IFLA_ALT_IFNAME)

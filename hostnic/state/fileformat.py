@@ -15,9 +15,12 @@ import attrs
 
 from hostnic.errors import InvalidOption
 from hostnic.state.model import (Address, Adopted, Claim, Network, NicRef, NicState, Phase, Route,
-                           State, normalize_mac)
+                                 State, normalize_mac, normalize_pci)
 
-FORMAT_VERSION = 2  # 1: pools and claims held bare MACs
+# 1: pools and claims held bare MACs; 2: a NIC is its MAC and permanent
+# address; 3: and its PCI address. Every earlier version is read.
+FORMAT_VERSION = 3
+READS = (1, 2, 3)
 T = TypeVar("T")
 
 
@@ -26,7 +29,7 @@ class StateFileError(ValueError):
 
 
 def _nic(ref: NicRef) -> dict[str, Any]:
-    return {"mac": ref.mac, "perm": ref.perm}
+    return {"mac": ref.mac, "perm": ref.perm, "pci": ref.pci}
 
 
 def _plain(value: Any) -> Any:
@@ -71,9 +74,9 @@ def decode_snapshot(raw: bytes) -> tuple[State, int]:
     reader = _Reader()
     top = reader.object(data, "the file")
     version = top.get("version")
-    if version not in (1, FORMAT_VERSION):
+    if version not in READS:
         raise StateFileError(f"version: {version!r} is not a format this hostnic reads "
-                             f"(1 or {FORMAT_VERSION})")
+                             f"({', '.join(map(str, READS))})")
     generation = top.get("generation", 0)
     if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
         raise StateFileError(f"generation: {generation!r} is not a journal generation")
@@ -186,9 +189,18 @@ class _Reader:
         if version == 1:
             return NicRef(self.mac(value, at))
         obj = self.object(value, at)
-        perm = obj.get("perm")
+        perm, pci = obj.get("perm"), obj.get("pci") if version >= 3 else None
         return NicRef(self.mac(obj.get("mac"), f"{at}.mac"),
-                      None if perm is None else self.mac(perm, f"{at}.perm"))
+                      None if perm is None else self.mac(perm, f"{at}.perm"),
+                      None if pci is None else self.pci(pci, f"{at}.pci"))
+
+    def pci(self, value: Any, at: str) -> str:
+        if not isinstance(value, str):
+            raise StateFileError(f"{at}: expected a PCI address, found {_kind(value)}")
+        try:
+            return normalize_pci(value)
+        except InvalidOption as e:
+            raise StateFileError(f"{at}: {e.message}") from None
 
     def network(self, value: Any, at: str, version: int) -> Network:
         obj = self.object(value, at)

@@ -33,6 +33,18 @@ def normalize_mac(text: str) -> str:
     return str(eui)
 
 
+_PCI = re.compile(r"^(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
+
+
+def normalize_pci(text: str) -> str:
+    """Canonical ``dddd:bb:ss.f`` for a PCI address (domain 0000 if left out)."""
+    found = _PCI.match(text.strip()) if len(text) <= 32 else None
+    if found is None:
+        raise InvalidOption(f"{quoted(text)} is not a PCI address (like 0000:00:05.0)")
+    domain, bus, slot, function = found.groups()
+    return f"{(domain or '0000').lower()}:{bus.lower()}:{slot.lower()}.{function}"
+
+
 # Linux accepts at most 15 bytes, no '/', no whitespace, not '.' or '..'.
 _IFNAME = re.compile(r"^[^/\s:]{1,15}$")
 TRANSIT_PREFIX = "hn"
@@ -50,37 +62,48 @@ def transit_name(endpoint_id: str) -> str:
 
 @attrs.frozen
 class NicRef:
-    """How hostnic recognises one NIC wherever it has been: the MAC it had when
-    it joined a pool, and its permanent hardware address where the kernel
-    reports one (that one survives a MAC changed by a container or an admin).
-    While lent, the NIC is also known by its endpoint's transit name."""
+    """How hostnic recognises one NIC wherever it has been, the one key the
+    state file, the inventory, pools, pins, views and the admin API use: the
+    MAC it had when it joined a pool, its permanent hardware address where the
+    kernel reports one, and its PCI address where it has one (both survive a
+    MAC changed by a container, an admin or a cloud). While lent, the NIC is
+    also known by its endpoint's transit name."""
 
     mac: str
     perm: str | None = None
+    pci: str | None = None  # its parent device's PCI address (an SR-IOV VF, a PCI NIC)
 
     def same_nic(self, other: NicRef) -> bool:
-        return self.mac == other.mac or (self.perm is not None and self.perm == other.perm)
+        return (self.mac == other.mac or (self.perm is not None and self.perm == other.perm)
+                or (self.pci is not None and self.pci == other.pci))
 
-    def matches(self, mac: str | None, perm: str | None) -> bool:
+    def matches(self, mac: str | None, perm: str | None, pci: str | None = None) -> bool:
         """Whether a link with these addresses may be this NIC (to look it up)."""
-        return (mac is not None and mac == self.mac) or (
-            self.perm is not None and perm == self.perm)
+        return ((mac is not None and mac == self.mac)
+                or (self.perm is not None and perm == self.perm)
+                or (self.pci is not None and pci == self.pci))
 
-    def is_link(self, mac: str | None, perm: str | None, index: int,
-                lent_index: int | None = None) -> bool:
-        """Whether a link is this NIC, proven before hostnic names it to dockerd
-        or changes it. A NIC with a permanent address is the link with that
-        address (a VLAN, a bridge or a macvlan can wear its MAC, and report
-        none). One without (a virtual NIC) is, once lent, the link with the
-        interface index it had then (a namespace move keeps it unless the
-        namespace it enters holds that index: ``host.proven`` then falls back
-        on the MAC), and before, the link with its MAC. A name proves
-        nothing: any link may wear one."""
+    def is_link(self, link: LinkInfo, lent_index: int | None = None) -> bool:
+        """Whether ``link`` is this NIC, proven before hostnic names it to
+        dockerd or changes it. A NIC on a PCI device is the link on that device
+        (a virtio NIC's device is its virtio device, on the PCI one: then what
+        follows decides); one with a permanent address is the link with that
+        address (a VLAN, a bridge or a macvlan can wear its MAC, and reports
+        no device and no permanent address). One with
+        neither (a virtual NIC) is, once lent, the link with the interface index
+        it had then (a namespace move keeps it unless the namespace it enters
+        holds that index: ``proven`` then falls back on the MAC), and before,
+        the link with its MAC. A name proves nothing: any link may wear one."""
+        if self.pci is not None:
+            if link.pci is not None:
+                return link.pci == self.pci
+            if link.parent_dev is None:  # a link on no device (a VLAN, a macvlan)
+                return False
         if self.perm is not None:
-            return perm == self.perm
+            return link.perm == self.perm
         if lent_index is not None:
-            return index == lent_index
-        return mac == self.mac
+            return link.index == lent_index
+        return link.mac == self.mac
 
     @property
     def key(self) -> str:
@@ -113,6 +136,13 @@ class LinkInfo:
     altnames: tuple[str, ...] = ()
     txqlen: int | None = None
     group: int | None = None
+    parent_bus: str | None = None  # IFLA_PARENT_DEV_BUS_NAME: "pci", "virtio", ...
+    parent_dev: str | None = None  # IFLA_PARENT_DEV_NAME: its device on that bus
+
+    @property
+    def pci(self) -> str | None:
+        """The PCI address of the device the link is on, where the kernel says."""
+        return self.parent_dev if self.parent_bus == "pci" else None
 
     @property
     def up(self) -> bool:
@@ -361,11 +391,12 @@ class State:
                 return claim
         return None
 
-    def claim_of_link(self, mac: str | None, perm: str | None, name: str) -> Claim | None:
+    def claim_of_link(self, mac: str | None, perm: str | None, name: str,
+                      pci: str | None = None) -> Claim | None:
         """The claim a host link belongs to: by its transit name, its MAC or its
         permanent address."""
         for claim in self.claims.values():
-            if name == claim.transit_name or claim.nic.matches(mac, perm):
+            if name == claim.transit_name or claim.nic.matches(mac, perm, pci):
                 return claim
         return None
 
@@ -389,8 +420,7 @@ def proven(nic: NicRef, links: list[LinkInfo], lent_index: int | None) -> LinkIn
     proves to be it (``NicRef.is_link``). A lent virtual NIC that no link
     proves to be by its index was renumbered by a namespace move (the one it
     entered held that index): its MAC is all that is left to know it by."""
-    found = next((link for link in links
-                  if nic.is_link(link.mac, link.perm, link.index, lent_index)), None)
-    if found is None and nic.perm is None and lent_index is not None:
+    found = next((link for link in links if nic.is_link(link, lent_index)), None)
+    if found is None and nic.perm is None and nic.pci is None and lent_index is not None:
         found = next((link for link in links if link.mac == nic.mac), None)
     return found

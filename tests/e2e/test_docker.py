@@ -206,11 +206,11 @@ def test_network_create_refusals(rig: Rig, cleanup: list, subnet: int) -> None:
     other_notation = nic.mac.replace(":", "-").upper()
     assert (f"NIC {nic.mac} ({nic.name}) is already in hostnic network {network_id[:12]}; "
             f"a NIC can serve one network only") in refused("-o", f"hostnic_mac={other_notation}")
-    assert ("hostnic needs the NIC to hand out: give -o hostnic_mac=MAC or -o "
-            "hostnic_name=IFNAME (several may be comma-separated)") in refused()
+    assert ("hostnic needs the NIC to hand out: give -o hostnic_mac=MAC, -o "
+            "hostnic_name=IFNAME or -o hostnic_pci=PCI (several may be comma-separated)") in refused()
     assert "'52:54:00:zz:00:01' is not a MAC address" in refused("-o", "hostnic_mac=52:54:00:zz:00:01")
-    assert ("hostnic does not know the option colour; it takes hostnic_mac=MAC[,MAC...] "
-            "and/or hostnic_name=IFNAME[,IFNAME...]") in refused(
+    assert ("hostnic does not know the option colour; it takes hostnic_mac=MAC[,MAC...], "
+            "hostnic_name=IFNAME[,IFNAME...] and hostnic_pci=PCI[,PCI...]") in refused(
                 "-o", f"hostnic_mac={nic.mac}", "-o", "colour=red")
     assert ("there is no NIC with MAC 02:42:de:ad:be:ef in the host network namespace"
             in refused("-o", "hostnic_mac=02:42:de:ad:be:ef"))

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+import os
 import socket
+import subprocess
+from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from hostnic.kernel import changes
 from hostnic.kernel import record, rtnl
@@ -187,8 +190,8 @@ class NetlinkTests(NetnsTestCase):
         [back] = find_links(NicRef(mac), "hntransit")
         # The name is no proof; the index is: the two namespace moves kept it.
         self.assertEqual(back.index, link.index)
-        self.assertTrue(NicRef(mac).is_link(back.mac, back.perm, back.index, original.index))
-        self.assertFalse(NicRef(mac).is_link(back.mac, back.perm, back.index))
+        self.assertTrue(NicRef(mac).is_link(back, original.index))
+        self.assertFalse(NicRef(mac).is_link(back))
         self.assertEqual(changes.restore(back.index, original), [])
         shown = json.loads(ip("-n", self.ns, "-j", "link", "show", "dev", "ens9"))[0]
         self.assertEqual((shown["address"], "UP" in shown["flags"]), (mac, True))
@@ -329,3 +332,25 @@ class InventoryTests(NetnsTestCase):
         reactor.advance(1)  # reopened and resynced
         self.assertTrue(monitor.ready)
         self.assertEqual(monitor.inventory.by_mac(mac)[0].name, "late0")
+
+
+class ParentDeviceTests(SynchronousTestCase):
+    def test_the_kernels_parent_device_is_read_as_ip_shows_it(self) -> None:
+        """The machine's own links, read only (nothing of them changes): the
+        device each is on, from IFLA_PARENT_DEV_BUS_NAME and _NAME, and its
+        PCI address where the bus is PCI."""
+        if os.geteuid() != 0:
+            raise SkipTest("reading the host's links needs root here")
+        shown = json.loads(subprocess.run(["ip", "-d", "-j", "link", "show"], check=True,
+                                          capture_output=True, text=True).stdout)
+        read = {link.name: link for link in rtnl.dump_links()}
+        on_devices = [link for link in shown if link.get("parentbus")]
+        if not on_devices:
+            raise SkipTest("no link of this machine is on a device")
+        for link in on_devices:
+            mine = read[link["ifname"]]
+            self.assertEqual((mine.parent_bus, mine.parent_dev),
+                             (link["parentbus"], link["parentdev"]))
+            self.assertEqual(mine.pci, link["parentdev"] if link["parentbus"] == "pci" else None)
+        self.assertTrue(all(read[l["ifname"]].parent_dev is None for l in shown
+                            if not l.get("parentbus")))
