@@ -1,8 +1,15 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# The version is hostnic.__version__'s, said once.
+VERSION = re.search(r'^__version__ = "([^"]+)"', (Path(__file__).parent / "hostnic" /
+                    "__init__.py").read_text(), re.M).group(1)  # type: ignore[union-attr]
 
 setup(
     name="hostnic",
-    version="0.1.0",
+    version=VERSION,
     description="Docker network driver that hands a real host NIC to a container",
     python_requires=">=3.11",
     # find_packages() skips twisted.plugins (no __init__.py there, on purpose).

@@ -16,6 +16,8 @@ import sys
 import time
 from typing import Any, Sequence
 
+from hostnic.endpoints import parse_endpoint
+
 DEFAULT_ADMIN = "/run/hostnic/admin.sock"
 # A managed plugin's admin socket, in the socket directory dockerd gives it
 # (/run/docker/plugins on the inside, /run/docker/plugins/<plugin id>/ here).
@@ -39,31 +41,6 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self.unix_path)
 
 
-def endpoint_fields(description: str) -> tuple[str, list[str], dict[str, str]]:
-    """A Twisted endpoint string's kind, positional and keyword fields
-    (``\\:`` escapes a colon, as in ``tcp6:9123:interface=\\:\\:1``)."""
-    fields, current, escaped = [], "", False
-    for char in description:
-        if escaped:
-            current, escaped = current + char, False
-        elif char == "\\":
-            escaped = True
-        elif char == ":":
-            fields.append(current)
-            current = ""
-        else:
-            current += char
-    fields.append(current)
-    kind, args, options = fields[0].lower(), [], {}
-    for field in fields[1:]:
-        key, equals, value = field.partition("=")
-        if equals:
-            options[key.lower()] = value
-        else:
-            args.append(field)
-    return kind, args, options
-
-
 def connection(admin: str, timeout: float = 30, ca_file: str | None = None
                ) -> http.client.HTTPConnection:
     """A connection to the admin API named as the daemon's ``--admin`` names
@@ -71,9 +48,10 @@ def connection(admin: str, timeout: float = 30, ca_file: str | None = None
     as a client does (a socket path, ``tcp:HOST:PORT``)."""
     if ":" not in admin:
         return UnixHTTPConnection(admin, timeout)
-    kind, args, options = endpoint_fields(admin)
+    endpoint = parse_endpoint(admin)
+    kind, args, options = endpoint.kind, endpoint.args, endpoint.options
     if kind == "unix":
-        path = options.get("address") or (args[0] if args else "")
+        path = endpoint.unix_path
         if not path:
             raise CtlError(f"--admin {admin!r}: no socket path")
         return UnixHTTPConnection(path, timeout)

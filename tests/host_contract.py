@@ -21,8 +21,7 @@ from twisted.internet.defer import Deferred
 
 from hostnic.core.ports import HostPort
 from hostnic.errors import HostError
-from hostnic.state.model import AF_INET6, IFA_F_TEMPORARY, Address, NicRef, NicState
-from hostnic.state.model import LinkInfo
+from hostnic.state.model import AF_INET6, IFA_F_TEMPORARY, Address, LinkInfo, NicRef, NicState
 
 T = TypeVar("T")
 ABSENT = 999_999  # an interface index no test makes

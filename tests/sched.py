@@ -16,7 +16,6 @@ import attrs
 from twisted.internet.defer import Deferred
 
 
-
 @attrs.define
 class Scheduler:
     waiting: list[tuple[str, "Deferred[None]"]] = attrs.field(factory=list)

@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 PACKAGE = Path(__file__).resolve().parents[1] / "hostnic"
 # Bottom to top: a layer imports only from layers below it (and its own).
 LAYERS = {"hostnic": 0, "hostnic.errors": 0, "hostnic.sentences": 0,  # "hostnic": its version
+          "hostnic.endpoints": 0, "hostnic.strictjson": 0,
           "hostnic.state": 1, "hostnic.kernel": 2, "hostnic.core": 2, "hostnic.api": 3,
           "hostnic.daemon": 4, "hostnic.ctl": 5}
 # The core's wire-free rule, and the kernel's: side by side, neither sees the other.

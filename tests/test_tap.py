@@ -11,7 +11,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from hostnic.daemon.compose import Daemon, Ports, Settings, build
 from hostnic.daemon.sdnotify import watchdog_interval
-from hostnic.daemon.tap import HostnicService, is_network_endpoint
+from hostnic.daemon.tap import HostnicService
+from hostnic.endpoints import parse_endpoint
 from hostnic.errors import HostnicError
 from tests.fakes import FakeHost, run_now
 
@@ -34,9 +35,9 @@ class EndpointTests(SynchronousTestCase):
     def test_network_endpoints(self) -> None:
         for description in ("tcp:9123", "TCP6:9123:interface=\\:\\:1", "ssl:443",
                             "systemd:domain=INET:index=0", "systemd:domain=INET6:name=admin"):
-            self.assertTrue(is_network_endpoint(description), description)
+            self.assertTrue(parse_endpoint(description).on_the_network, description)
         for description in ("unix:/run/hostnic/admin.sock", "systemd:domain=UNIX:index=0"):
-            self.assertFalse(is_network_endpoint(description), description)
+            self.assertFalse(parse_endpoint(description).on_the_network, description)
 
     def test_a_network_listener_without_a_token_is_fatal_whatever_the_string_said(self) -> None:
         service = HostnicService(None, daemon(self.mktemp()))

@@ -9,17 +9,21 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from hostnic.daemon.sockets import prepare, split_endpoint
+from hostnic.daemon.sockets import prepare
+from hostnic.endpoints import parse_endpoint
 
 
-class SplitTests(SynchronousTestCase):
+class EndpointStringTests(SynchronousTestCase):
     def test_paths_and_options(self) -> None:
-        self.assertEqual(split_endpoint("unix:/run/h/a.sock:mode=600:lockfile=1"),
+        unix = parse_endpoint("unix:/run/h/a.sock:mode=600:lockfile=1")
+        self.assertEqual((unix.unix_path, dict(unix.options)),
                          ("/run/h/a.sock", {"mode": "600", "lockfile": "1"}))
-        self.assertEqual(split_endpoint("unix:address=/x\\:y.sock:mode=660"),
-                         ("/x:y.sock", {"mode": "660"}))
-        self.assertIsNone(split_endpoint("tcp:9123"))
-        self.assertIsNone(split_endpoint("systemd:domain=UNIX:index=0"))
+        escaped = parse_endpoint("unix:address=/x\\:y.sock:mode=660")
+        self.assertEqual((escaped.unix_path, escaped.options["mode"]), ("/x:y.sock", "660"))
+        self.assertIsNone(parse_endpoint("tcp:9123").unix_path)
+        self.assertIsNone(parse_endpoint("systemd:domain=UNIX:index=0").unix_path)
+        tcp6 = parse_endpoint("TCP6:9123:interface=\\:\\:1")
+        self.assertEqual((tcp6.kind, tcp6.args, tcp6.options["interface"]), ("tcp6", ("9123",), "::1"))
 
 
 class PrepareTests(SynchronousTestCase):

@@ -14,7 +14,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from hostnic.api.http import NotJSON, dumps, loads, shielded
+from hostnic.api.http import dumps, loads, shielded
+from hostnic.strictjson import NotJSON
 from hostnic.api.libnetwork import (CreateEndpoint, define_network, endpoint_key, lend_nic,
                               network_id_of)
 from hostnic.core.events import EventLog

@@ -31,7 +31,9 @@ from twisted.web import http, server
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
+from hostnic import strictjson
 from hostnic.sentences import capped
+from hostnic.strictjson import NotJSON
 
 log = Logger()
 Refusal = Callable[[int, str], bytes]  # (HTTP status, message) -> body
@@ -49,23 +51,13 @@ def shielded(coroutine: Coroutine[Any, Any, T]) -> "Deferred[T]":
     return answer
 
 
-class NotJSON(ValueError):
-    """A request body that is not a JSON document hostnic will read."""
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def loads(raw: bytes) -> Any:
-    """Strict JSON: no NaN or Infinity, and nesting bounded by the interpreter
-    (a deeply nested body is refused, never a RecursionError)."""
+    """A request body's JSON, strictly (``hostnic.strictjson``)."""
     try:
-        return json.loads(raw, parse_constant=_no_constants)
-    except RecursionError:
-        raise NotJSON("the request body is nested too deeply") from None
-    except (ValueError, UnicodeDecodeError):
-        raise NotJSON("the request body is not JSON") from None
+        return strictjson.loads(raw)
+    except NotJSON as e:
+        raise NotJSON("the request body is nested too deeply" if e.deep
+                      else "the request body is not JSON") from None
 
 
 def dumps(value: Any) -> bytes:
@@ -276,8 +268,3 @@ class GuardedSite(server.Site):
             waiters, self._drained = self._drained, []
             for waiter in waiters:
                 waiter.callback(None)
-
-
-def json_site(resource: IResource, refusal: Refusal, limits: Limits = Limits(),
-              authorize: Callable[[IRequest], bool] | None = None) -> GuardedSite:
-    return GuardedSite(resource, refusal, limits, authorize)

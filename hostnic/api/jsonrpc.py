@@ -11,7 +11,8 @@ from typing import Any, Awaitable, Callable
 import attrs
 from twisted.logger import Logger
 
-from hostnic.api.http import NotJSON, dumps, loads
+from hostnic.api.http import dumps, loads
+from hostnic.strictjson import NotJSON
 from hostnic.errors import HostnicError
 from hostnic.sentences import capped, quoted
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from hostnic.state.model import LinkInfo
-from hostnic.state.model import Address, Adopted, Claim, Network, NicRef, NicState, Phase, State
-
-VIRTUAL_HINT = "virtual"
+from hostnic.state.model import (Address, Adopted, Claim, LinkInfo, Network, NicRef, NicState,
+                                 Phase, State)
 
 
 def address_list(addresses: list[Address] | tuple[Address, ...]) -> list[str]:

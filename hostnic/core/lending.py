@@ -27,8 +27,7 @@ from hostnic.core.ports import HostPort
 from hostnic.errors import HostnicError, NicUnavailable, StoreError, UnknownObject
 from hostnic.sentences import short
 from hostnic.state.ledger import Ledger
-from hostnic.state.model import Claim, NicRef, NicState, Phase
-from hostnic.state.model import LinkInfo
+from hostnic.state.model import Claim, LinkInfo, NicRef, NicState, Phase
 
 # dockerd makes a container's namespace file (the SandboxKey) only when it
 # starts the container, after Join: until then the NIC waits at home under

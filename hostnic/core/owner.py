@@ -34,8 +34,8 @@ from hostnic.core.retry import Retrier
 from hostnic.errors import HostnicError, NicUnavailable, UnknownObject
 from hostnic.sentences import short
 from hostnic.state.ledger import Ledger, Store
-from hostnic.state.model import LinkInfo
-from hostnic.state.model import Adopted, Claim, Network, NicRef, Phase, State, transit_name
+from hostnic.state.model import (Adopted, Claim, LinkInfo, Network, NicRef, Phase, State,
+                                 transit_name)
 
 
 def _differs(before: Adopted | None, after: Adopted) -> bool:

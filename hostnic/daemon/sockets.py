@@ -14,38 +14,15 @@ import os
 import socket
 import stat
 
-
-def split_endpoint(description: str) -> tuple[str, dict[str, str]] | None:
-    """PATH and options of a ``unix:`` endpoint string (Twisted's escaping:
-    ``\\:`` is a colon), or None for any other kind."""
-    if not description.startswith("unix:"):
-        return None
-    fields, field, escaped = [], [], False
-    for char in description[len("unix:"):]:
-        if escaped:
-            field.append(char)
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == ":":
-            fields.append("".join(field))
-            field = []
-        else:
-            field.append(char)
-    fields.append("".join(field))
-    options = dict(f.split("=", 1) for f in fields[1:] if "=" in f)
-    path = fields[0]
-    if path.startswith("address="):
-        path = path[len("address="):]
-    return path, options
+from hostnic.endpoints import parse_endpoint
 
 
 def prepare(description: str) -> None:
     """Make the socket's directory; remove its file if no one listens there."""
-    parsed = split_endpoint(description)
-    if parsed is None:
+    endpoint = parse_endpoint(description)
+    path, options = endpoint.unix_path, endpoint.options
+    if path is None:
         return
-    path, options = parsed
     directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, exist_ok=True)

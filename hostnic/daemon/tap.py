@@ -30,6 +30,7 @@ from hostnic.daemon.compose import Daemon, Settings, build, kernel_ports
 from hostnic.daemon.hostlock import claim_host, describe_self
 from hostnic.daemon.journald import text_observer
 from hostnic.daemon.sdnotify import notify, watchdog_interval
+from hostnic.endpoints import parse_endpoint
 from hostnic.errors import HostnicError
 from hostnic.kernel import record
 
@@ -37,17 +38,6 @@ STOP_GRACE = 10.0  # seconds a stop waits for calls and work under way, each
 DEFAULT_SOCKET = "unix:/run/docker/plugins/hostnic.sock:mode=660:lockfile=1"
 DEFAULT_STATE_DIR = "/var/lib/hostnic"
 DEFAULT_ADMIN = "unix:/run/hostnic/admin.sock:mode=600:lockfile=1"
-NETWORK_ENDPOINTS = ("tcp:", "tcp6:", "ssl:", "tls:")
-
-
-def is_network_endpoint(description: str) -> bool:
-    """Whether an endpoint string listens on the network (anyone who can reach
-    it could talk to the admin API): TCP, TLS, or a socket systemd opened on
-    an INET domain."""
-    lowered = description.lower()
-    if lowered.startswith(NETWORK_ENDPOINTS):
-        return True
-    return lowered.startswith("systemd:") and "domain=inet" in lowered
 
 
 class Options(usage.Options):
@@ -81,7 +71,7 @@ class Options(usage.Options):
                 self["admin-token"] = read_token(self["admin-token-file"])
             except (OSError, ValueError) as e:
                 raise usage.UsageError(f"--admin-token-file: {e}")
-        elif is_network_endpoint(self["admin"]):
+        elif parse_endpoint(self["admin"]).on_the_network:
             raise usage.UsageError("the admin API on a network endpoint needs "
                                    "--admin-token-file: anyone who can connect could "
                                    "read hostnic's state and release NICs")

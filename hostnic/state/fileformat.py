@@ -13,7 +13,9 @@ from typing import Any, Callable, Mapping, TypeVar
 
 import attrs
 
+from hostnic import strictjson
 from hostnic.errors import InvalidOption
+from hostnic.strictjson import NotJSON
 from hostnic.state.model import (Address, Adopted, Claim, Network, NicRef, NicState, Phase, Route,
                                  State, normalize_mac, normalize_pci)
 
@@ -132,15 +134,10 @@ def apply_record(state: State, raw: bytes, at: str) -> State:
 
 def _json(raw: bytes) -> Any:
     try:
-        return json.loads(raw, parse_constant=_no_constants)
-    except RecursionError:
-        raise StateFileError("it is nested too deeply to be a state file") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise StateFileError(f"it is not JSON ({e})") from None
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
+        return strictjson.loads(raw)
+    except NotJSON as e:
+        raise StateFileError("it is nested too deeply to be a state file" if e.deep
+                             else f"it is not JSON ({e.detail})") from None
 
 
 class _Reader:

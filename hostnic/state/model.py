@@ -381,10 +381,6 @@ class State:
                 return network
         return None
 
-    def pool_entry(self, nic: NicRef) -> NicRef | None:
-        network = self.network_of(nic)
-        return network.entry(nic) if network is not None else None
-
     def claim_of(self, nic: NicRef) -> Claim | None:
         for claim in self.claims.values():
             if claim.nic.same_nic(nic):

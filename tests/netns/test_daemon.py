@@ -104,7 +104,6 @@ class DaemonTestCase(NetnsTestCase):
             "IPv4Data": [{"Pool": "10.9.0.0/24", "Gateway": "10.9.0.1/24"}]})
 
 
-
 class DaemonTests(DaemonTestCase):
     def test_sigkill_at_any_moment_loses_no_acknowledged_change(self) -> None:
         macs = [self.veth(f"v{i}") for i in range(30)]

@@ -11,8 +11,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from hostnic.kernel import changes
-from hostnic.kernel import record, rtnl
+from hostnic.kernel import changes, record, rtnl
 from hostnic.kernel.host import NetlinkHost, find_links
 from hostnic.kernel.monitor import LinkMonitor
 from hostnic.kernel.record import read as host_read_state
