@@ -174,13 +174,17 @@ class _Reader:
             raise StateFileError(f"{where}: expected a list, found {_kind(values)}")
         return [read(value, f"{where}[{i}]") for i, value in enumerate(values)]
 
-    def mac(self, value: Any, at: str) -> str:
+    def normal(self, value: Any, at: str, what: str, normalize: Callable[[str], str]) -> str:
+        """A string in its canonical form, or the place and why not."""
         if not isinstance(value, str):
-            raise StateFileError(f"{at}: expected a MAC address, found {_kind(value)}")
+            raise StateFileError(f"{at}: expected {what}, found {_kind(value)}")
         try:
-            return normalize_mac(value)
+            return normalize(value)
         except InvalidOption as e:
             raise StateFileError(f"{at}: {e.message}") from None
+
+    def mac(self, value: Any, at: str) -> str:
+        return self.normal(value, at, "a MAC address", normalize_mac)
 
     def nic(self, value: Any, at: str, version: int) -> NicRef:
         if version == 1:
@@ -192,12 +196,7 @@ class _Reader:
                       None if pci is None else self.pci(pci, f"{at}.pci"))
 
     def pci(self, value: Any, at: str) -> str:
-        if not isinstance(value, str):
-            raise StateFileError(f"{at}: expected a PCI address, found {_kind(value)}")
-        try:
-            return normalize_pci(value)
-        except InvalidOption as e:
-            raise StateFileError(f"{at}: {e.message}") from None
+        return self.normal(value, at, "a PCI address", normalize_pci)
 
     def network(self, value: Any, at: str, version: int) -> Network:
         obj = self.object(value, at)
