@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import itertools
 import json
 import os
 import socket
@@ -36,13 +37,20 @@ class Counted:
     tracing = False
 
 
+SERIALS = itertools.count()
+
+
 class CountingSocket(socket.socket):
     """A netlink socket that counts what is sent on it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.serial = next(SERIALS)  # id() is reused once a socket is gone
 
     def _count(self) -> None:
         if Counted.tracing and self.family == socket.AF_NETLINK:
             Counted.requests += 1
-            Counted.sockets.add(id(self))
+            Counted.sockets.add(self.serial)
 
     def send(self, *args: Any, **kwargs: Any) -> int:
         self._count()
@@ -119,8 +127,8 @@ def measure(Ports: Any, Settings: Any, build: Any, NetlinkHost: Any, LinkMonitor
         reactor=Reactor(), host=NetlinkHost(monitor, hop, hop), run_in_thread=hop))
     Deferred.fromCoroutine(daemon.start())
     driver = StubTreq(daemon.driver.app.resource())
-    with open("/sys/class/net/ens9/address") as f:
-        mac = f.read().strip()
+    mac = json.loads(subprocess.run(["ip", "-j", "link", "show", "ens9"], check=True,
+                                    capture_output=True, text=True).stdout)[0]["address"]
     net, ep = "a" * 64, "b" * 64
 
     def post(method: str, body: dict[str, Any]) -> Any:
