@@ -16,7 +16,10 @@ import sys
 import time
 from typing import Any, Sequence
 
+from hostnic import strictjson
 from hostnic.endpoints import parse_endpoint
+from hostnic.errors import InvalidOption
+from hostnic.state.model import normalize_pci
 
 DEFAULT_ADMIN = "/run/hostnic/admin.sock"
 # A managed plugin's admin socket, in the socket directory dockerd gives it
@@ -126,8 +129,8 @@ def call(admin: str, method: str, params: dict[str, Any] | None = None,
     if response.status == 401:
         raise CtlError(f"hostnic at {admin} refused the request: a valid --token-file is needed")
     try:
-        answer = json.loads(raw)
-    except ValueError:
+        answer = strictjson.loads(raw)
+    except strictjson.NotJSON:
         raise CtlError(f"hostnic at {admin} answered HTTP {response.status} without JSON") from None
     if "error" in answer:
         raise CtlError(answer["error"].get("message", "unknown error"))
@@ -314,7 +317,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     events.add_argument("-n", "--limit", type=int, default=50)
     release = commands.add_parser("release", parents=[common],
                                   help="hand back a NIC whose claim outlived its container")
-    release.add_argument("mac")
+    release.add_argument("mac", metavar="NIC",
+                         help="its MAC, or the PCI address it was pooled by")
     network_rm = commands.add_parser(
         "network-rm", parents=[common],
         help="remove a network dockerd does not know (a create cut short by a restart), "
@@ -330,6 +334,16 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def release_params(key: str) -> dict[str, str]:
+    """nics.release's parameters: a PCI address is sent as one, anything else as
+    a MAC (the daemon says what it cannot read)."""
+    try:
+        normalize_pci(key)
+    except InvalidOption:
+        return {"mac": key}
+    return {"pci": key}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     try:
@@ -340,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     token = f.read().strip()
             except OSError as e:
                 raise CtlError(f"cannot read --token-file {args.token_file}: {e.strerror}") from None
-        params = {"events": lambda: {"limit": args.limit}, "release": lambda: {"mac": args.mac},
+        params = {"events": lambda: {"limit": args.limit}, "release": lambda: release_params(args.mac),
                   "network-rm": lambda: {"id": args.id}, "network": lambda: {"id": args.id},
                   "nic": lambda: {"key": args.key}}.get(args.command, dict)()
         result = call(args.admin or default_admin(), METHODS[args.command], params, token,

@@ -81,13 +81,18 @@ class FakeLink:
     master: int | None = None  # a bridge or bond it is a port of
     link: int | None = None  # the link it sits on (a macvlan's parent)
     pci: str | None = None  # the PCI device it is on (a physical NIC, an SR-IOV VF)
+    # The bus the kernel names as its parent: "pci", or "virtio" for a virtio
+    # NIC (its parent is the virtio device; the PCI address is in sysfs).
+    parent_bus: str = "pci"
 
     def info(self) -> LinkInfo:
         flags = (IFF_UP if self.up else 0) | (IFF_LOOPBACK if self.loopback else 0)
         return LinkInfo(self.index, self.name, self.mac, self.mtu, flags, self.kind, self.perm,
                         master=self.master, link=self.link, alias=self.alias,
                         altnames=self.altnames, txqlen=self.txqlen, group=self.group,
-                        parent_bus="pci" if self.pci else None, parent_dev=self.pci)
+                        parent_bus=self.parent_bus if self.pci else None,
+                        parent_dev=(self.pci if self.parent_bus == "pci" else "virtio0")
+                        if self.pci else None)
 
     def state(self) -> NicState:
         return NicState(self.name, self.mac, self.mtu, self.up, tuple(self.addresses),
@@ -264,9 +269,9 @@ class FakeHost:
         await self._step("locate_name", name)
         return next((l.info() for l in self.home() if l.name == name), None)
 
-    async def locate_pci(self, pci: str) -> LinkInfo | None:
+    async def locate_pci(self, pci: str) -> list[LinkInfo]:
         await self._step("locate_pci", pci)
-        return next((l.info() for l in self.home() if l.pci == pci), None)
+        return [l.info() for l in sorted(self.home(), key=lambda l: l.index) if l.pci == pci]
 
     async def inspect(self, link: LinkInfo, with_record: bool = False) -> LinkFacts:
         await self._step("inspect", link.index)  # one thread hop, as the real host's
@@ -284,7 +289,7 @@ class FakeHost:
 
 
     async def rename(self, index: int, name: str) -> None:
-        # As netlink.rename: down first (the kernel refuses to rename an up
+        # As changes.rename: down first (the kernel refuses to rename an up
         # link), then the rename; if that fails the link stays down.
         await self._step("rename.down", (index, name))
         link = self._home_link(index)

@@ -83,8 +83,8 @@ class FakePciContractTests(SynchronousTestCase):
 
     def test_a_nic_is_found_and_proven_by_its_pci_address(self) -> None:
         vf = self.host.add("ens5f1v0", "52:54:00:00:0f:01", pci="0000:3b:02.1")
-        found = self.successResultOf(Deferred.fromCoroutine(self.host.locate_pci("0000:3b:02.1")))
-        assert found is not None
+        [found] = self.successResultOf(Deferred.fromCoroutine(
+            self.host.locate_pci("0000:3b:02.1")))
         self.assertEqual((found.index, found.pci), (vf.index, "0000:3b:02.1"))
         nic = NicRef(vf.mac, None, "0000:3b:02.1")
         vf.mac = "02:00:00:00:0f:99"  # the cloud, or a container, rewrote it

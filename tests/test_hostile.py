@@ -228,6 +228,6 @@ class HostileClientTests(CoreTestCase):
         self.assertEqual(self.disk_bytes(), before)
         self.assertEqual(set(self.core.state.networks), {NET})
         self.assertEqual(set(self.core.state.claims), {EP})
-        # What the journal keeps of refused requests is bounded too.
+        # What the event log keeps of refused requests is bounded too.
         for event in self.core.events.last(self.core.events.size):
             self.assertLess(len(json.dumps(event)), 2048)

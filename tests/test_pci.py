@@ -98,3 +98,58 @@ class PciPoolTests(CoreTestCase):
             define_network(network_body(hostnic_pci="3b:02"))
         self.assertEqual(caught.exception.message,
                          "'3b:02' is not a PCI address (like 0000:00:05.0)")
+
+
+class PciFunctionsAndVirtioTests(CoreTestCase):
+    def test_two_ports_of_one_pci_function_stay_two_nics(self) -> None:
+        """A dual-port card's ports share one PCI address: pooled by MAC, each
+        is its own NIC (their permanent addresses differ); named by that PCI
+        address, the pool is refused with a sentence."""
+        port1 = self.host.add("ens5f0", MAC1, up=True, perm=MAC1, pci="0000:5e:00.0")
+        port2 = self.host.add("ens5f1", MAC2, up=True, perm=MAC2, pci="0000:5e:00.0")
+        before = port2.state()
+        self.assertIn("PCI address 0000:5e:00.0 carries several interfaces (ens5f0, ens5f1)",
+                      self.refused(self.core.define_network(define_network(network_body(
+                          hostnic_pci="0000:5e:00.0")))))
+        self.create_network(hostnic_mac=f"{MAC1},{MAC2}")
+        self.assertEqual([n.pci for n in self.core.state.networks[NET].pool], [None, None])
+        self.assertEqual(self.create_endpoint(EP, mac=MAC2).mac, MAC2)
+        src = self.join().src_name
+        inside = self.host.dockerd_moves_in(src, SANDBOX, "192.168.7.10")
+        self.host.kernel_returns(inside)  # home as eth0: port2, not port1
+        self.assertEqual((port2.where, port2.state()), ("host", before))
+        self.assertEqual(port1.name, "ens5f0")
+
+    def test_a_virtio_nic_named_by_its_pci_address(self) -> None:
+        """The kernel names a virtio NIC's virtio device as its parent: the PCI
+        address comes from sysfs, and the NIC is proven as any other."""
+        nic = self.host.add("ens3", MAC1, up=True, perm=MAC1, pci="0000:00:03.0",
+                            parent_bus="virtio")
+        before = nic.state()
+        self.create_network(hostnic_pci="0000:00:03.0")
+        self.assertEqual(self.create_endpoint(EP, hostnic_pci="0000:00:03.0").mac, MAC1)
+        src = self.join().src_name
+        inside = self.host.dockerd_moves_in(src, SANDBOX, "192.168.7.10")
+        self.leave()
+        self.host.dockerd_moves_back(inside, src)
+        self.delete_endpoint()
+        self.assertEqual((nic.where, nic.state()), ("host", before))
+
+
+class PinTests(CoreTestCase):
+    VF1, VF2 = PciPoolTests.VF1, PciPoolTests.VF2
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.host.add("ens5f1v0", MAC1, up=True, pci=self.VF1)
+        self.host.add("ens5f1v1", MAC2, up=True, pci=self.VF2)
+
+    def test_a_command_pinning_two_nics_is_refused(self) -> None:
+        """The driver refuses both pins; the core holds to it for any front end."""
+        from hostnic.core.commands import ClaimNic, EndpointKey
+        self.create_network(hostnic_pci=f"{self.VF1},{self.VF2}")
+        message = self.refused(self.core.claim(ClaimNic(EndpointKey(NET, EP), MAC1, self.VF2)))
+        self.assertEqual(message, f"MAC {MAC1} and PCI address {self.VF2} name different NICs; "
+                                  f"pin one")
+        self.assertEqual(self.call(self.core.claim(ClaimNic(EndpointKey(NET, EP), MAC2,
+                                                            self.VF2))).mac, MAC2)

@@ -334,7 +334,7 @@ class PropertyTests(CoreTestCase):
         # never touched, and the operator's release hands it back.
         for claim in list(self.core.state.claims.values()):
             self.assertEqual(claim.phase, Phase.CREATED, claim)
-            self.call(self.core.release(claim.mac))
+            self.call(self.core.release(claim.nic))
         self.assertEqual(self.durable().claims, {})
         after = {mac: self.host.by_perm(mac.replace("52", "aa", 1)) for mac in self.before}
         self.assertEqual({mac: (link.where, link.state()) for mac, link in after.items()},

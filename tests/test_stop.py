@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 
 from tests.helpers import EP, MAC1, NET, CoreTestCase, join_body
 from tests.test_hostile import dechunk
-from tests.test_web import Client as WebClient
+from tests.test_http import Client as WebClient
 
 
 class Client(WebClient):

@@ -26,7 +26,7 @@ from hostnic.core.owner import Core
 from hostnic.errors import (HostError, HostnicError, InvalidOption, NicUnavailable,
                             PoolExhausted, StoreError, UnknownObject)
 from hostnic.sentences import quoted
-from hostnic.state.model import normalize_mac, normalize_pci, valid_ifname
+from hostnic.state.model import NicRef, normalize_mac, normalize_pci, valid_ifname
 
 MAX_BODY = 1 << 20
 ERROR_CODES: dict[type[HostnicError], int] = {
@@ -203,8 +203,14 @@ class AdminAPI:
                          "buckets": [[le, n] for le, n in s.cumulative()]}
                 for method, s in sorted(self.events.stats.items())}
 
-    async def nics_release(self, mac: str) -> dict[str, Any]:
-        released = await self.core.release(normalize_mac(mac))
+    async def nics_release(self, mac: str | None = None,
+                           pci: str | None = None) -> dict[str, Any]:
+        if (mac is None) == (pci is None):
+            raise RPCError(INVALID_PARAMS, "give the NIC's mac, or the pci address it was "
+                                           "pooled by")
+        nic = NicRef(normalize_mac(mac)) if mac is not None else NicRef(
+            "", pci=normalize_pci(pci or ""))
+        released = await self.core.release(nic)
         return {"mac": released.mac, "endpoint": released.endpoint, "found": released.found,
                 "restored": released.restored, "problems": list(released.problems)}
 

@@ -86,16 +86,17 @@ class Lender:
         """Record the NIC, then rename it to its transit name. A Join whose
         record exists (a retry, or a Join cut short by a crash) resumes here."""
         claim = self._current(endpoint_id)
-        link: LinkInfo | None = None
         if claim.phase is Phase.CREATED:
-            claim, link = await self._record(claim, sandbox_key)  # the link it recorded
+            claim = await self._record(claim, sandbox_key)
         if claim.phase is not Phase.JOINED:
             raise NicUnavailable(
                 f"endpoint {short(endpoint_id)} has already left ({claim.phase.value}); "
                 f"dockerd must create a new endpoint")
-        if link is None:  # a Join that resumes: wherever the NIC is now
-            link = await self._find(claim)
-            claim = self._current(endpoint_id)
+        # Where the NIC is now, proven again: the record's save took a while,
+        # and a Join that resumes finds it wherever it is (from the inventory:
+        # no netlink request).
+        link = await self._find(claim)
+        claim = self._current(endpoint_id)
         if link is None:
             raise NicUnavailable(
                 f"NIC {claim.mac} of endpoint {short(endpoint_id)} is not in the host "
@@ -120,11 +121,9 @@ class Lender:
         narrate(f"NIC {claim.mac} lent as {claim.transit_name}")
         return self._current(endpoint_id)
 
-    async def _record(self, claim: Claim,
-                      sandbox_key: str | None) -> tuple[Claim, LinkInfo | None]:
+    async def _record(self, claim: Claim, sandbox_key: str | None) -> Claim:
         """Check the guards and record the NIC durably, from one inspection;
-        the claim as it is then, and the link recorded (None if another path
-        moved the claim on meanwhile)."""
+        the claim as it is then."""
         link = await self.host.locate(claim.nic)
         if link is None:
             raise NicUnavailable(
@@ -139,13 +138,13 @@ class Lender:
         assert original is not None
         claim = self._current(claim.endpoint_id)
         if claim.phase is not Phase.CREATED:
-            return claim, None
+            return claim
         joined = attrs.evolve(claim, phase=Phase.JOINED, original=original,
                               sandbox_key=sandbox_key, joined_at=self.clock())
         await self.ledger.put_claim(claim, joined)
         crashpoint("join.recorded")
         narrate(f"recorded {describe(original)}")
-        return joined, facts.link
+        return joined
 
     async def _undo_lend(self, claim: Claim, index: int) -> None:
         """A rename failed (and left the NIC down): put the NIC back as

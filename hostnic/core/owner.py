@@ -194,16 +194,23 @@ class Core:
                 raise NicUnavailable(f"interface {name} has no Ethernet MAC address")
             links.append((link, None))
         for pci in request.pcis:
-            link = await self.host.locate_pci(pci)
-            if link is None or link.mac is None:
+            found = [link for link in await self.host.locate_pci(pci) if link.mac]
+            if not found:
                 raise NicUnavailable(f"there is no NIC at PCI address {pci} in the host network "
                                      f"namespace (is it in another namespace, or bound to "
                                      f"another driver?)")
-            links.append((link, pci))
+            if len(found) > 1:
+                raise NicUnavailable(
+                    f"PCI address {pci} carries several interfaces "
+                    f"({', '.join(link.name for link in found)}); name the NIC by its MAC "
+                    f"or its name")
+            links.append((found[0], pci))
         nics: list[tuple[NicRef, LinkInfo]] = []
         for link, named_pci in links:
             assert link.mac is not None
-            nic = NicRef(link.mac, link.perm, named_pci or link.pci)
+            # A PCI address keys only a NIC named by it: one PCI function may
+            # carry several ports, which their MACs and permanent addresses tell apart.
+            nic = NicRef(link.mac, link.perm, named_pci)
             if any(nic.same_nic(other) for other, _ in nics):
                 continue
             await self._check_lendable(nic, link)
@@ -332,7 +339,7 @@ class Core:
                 claim = await self.lender.lend(ref.endpoint_id, request.sandbox_key)
         network = self.state.networks.get(claim.network_id)
         if network is not None and network.adopt and claim.adopted is not None:
-            adopted = claim.adopted  # adopt mode always carries IPv6 (protocol.py)
+            adopted = claim.adopted  # adopt mode always carries the NIC's IPv6, if it has one
             return Lent(claim.transit_name, adopted.gateway4, adopted.gateway6, adopted.routes)
         return Lent(claim.transit_name, network.gateway4 if network else None,
                     network.gateway6 if network else None)
@@ -373,12 +380,14 @@ class Core:
     def claim_of(self, ref: EndpointKey) -> Claim | None:
         return self.state.claims.get(ref.endpoint_id)
 
-    async def release(self, mac: str) -> Released:
-        """An operator hands back a NIC whose claim outlived its container."""
+    async def release(self, nic: NicRef) -> Released:
+        """An operator hands back a NIC whose claim outlived its container
+        (named by its MAC, or by the PCI address it was pooled by)."""
         await self.ready()
-        claim = self.state.claim_of(NicRef(mac))
+        claim = self.state.claim_of(nic)
         if claim is None:
-            raise UnknownObject(f"NIC {mac} is not claimed by any hostnic endpoint")
+            raise UnknownObject(f"NIC {nic.mac or nic.pci} is not claimed by any hostnic "
+                                f"endpoint")
         async with self.locks.hold("nic:" + claim.nic.key):
             return await self.lender.release(claim.nic)
 

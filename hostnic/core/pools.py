@@ -36,7 +36,12 @@ def choose(state: State, network: Network, pinned: str | None,
     address), else the first free one that is in the host namespace."""
     claimed = {c.nic.key: c for c in state.claims.values()}
     if pinned is not None or pinned_pci is not None:
-        entry = network.entry(NicRef(pinned or "", pci=pinned_pci))
+        by_mac = network.entry(NicRef(pinned)) if pinned is not None else None
+        by_pci = network.entry(NicRef("", pci=pinned_pci)) if pinned_pci is not None else None
+        if pinned is not None and pinned_pci is not None and by_mac != by_pci:
+            raise NicUnavailable(f"MAC {pinned} and PCI address {pinned_pci} name different "
+                                 f"NICs; pin one")
+        entry = by_mac or by_pci
         if entry is None:
             what = f"NIC {pinned}" if pinned else f"the NIC at PCI address {pinned_pci}"
             raise NicUnavailable(

@@ -28,8 +28,8 @@ class HostPort(Protocol):
     def stop(self) -> None: ...
     def on_link_appeared(self, callback: Callable[[LinkInfo], None]) -> None: ...
     def known(self, nic: NicRef) -> list[LinkInfo]:
-        """The links with ``nic``'s MAC or permanent address now, from the
-        inventory (no I/O; while the inventory resyncs, its last view)."""
+        """The links with ``nic``'s MAC, permanent address or PCI address now,
+        from the inventory (no I/O; while the inventory resyncs, its last view)."""
     async def locate(self, nic: NicRef, transit_name: str | None = None,
                      lent_index: int | None = None) -> LinkInfo | None:
         """The host link that is ``nic`` now, or None if it is not home. A link
@@ -37,9 +37,9 @@ class HostPort(Protocol):
         its permanent address, its MAC, or ``lent_index``, its index when lent):
         a name alone never is proof."""
     async def locate_name(self, name: str) -> LinkInfo | None: ...
-    async def locate_pci(self, pci: str) -> LinkInfo | None:
-        """The host link on the PCI device ``pci`` (a NIC, an SR-IOV VF, a
-        virtio NIC), or None."""
+    async def locate_pci(self, pci: str) -> list[LinkInfo]:
+        """The host links on the PCI device ``pci`` (a NIC, an SR-IOV VF, a
+        virtio NIC; a function with several ports has several)."""
     async def inspect(self, link: LinkInfo, with_record: bool = False) -> LinkFacts:
         """At once, what the guards need of ``link`` (the bridge or bond it is
         a port of, the devices built on it, whether the host's own default

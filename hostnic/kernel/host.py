@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 from typing import Any, Callable
 
 import attrs
@@ -27,12 +26,10 @@ from hostnic.core.ports import HostSurvey
 from hostnic.kernel import record, rtnl
 from hostnic.kernel.monitor import LinkMonitor
 from hostnic.kernel.rtnl import RTM_NEWLINK
-from hostnic.state.model import Adopted, LinkFacts, LinkInfo, NicRef, NicState, proven
+from hostnic.state.model import (Adopted, LinkFacts, LinkInfo, NicRef, NicState, is_full_pci,
+                                 proven)
 
 Run = Callable[..., "Deferred[Any]"]
-
-
-PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 
 
 def pci_address(name: str, sysfs: str = "/sys") -> str | None:
@@ -44,7 +41,7 @@ def pci_address(name: str, sysfs: str = "/sys") -> str | None:
     except OSError:
         return None
     for part in reversed(path.split("/")):
-        if PCI_ADDRESS.match(part):
+        if is_full_pci(part):
             return part
     return None
 
@@ -180,16 +177,16 @@ class NetlinkHost:
                                     nic, transit_name)
         return proven(nic, links, lent_index)
 
-    async def locate_pci(self, pci: str) -> LinkInfo | None:
+    async def locate_pci(self, pci: str) -> list[LinkInfo]:
         self.monitor.drain()
         if self.monitor.ready:
             links = self.monitor.inventory.by_pci(pci)
             if links:
-                return links[0]
+                return links
         # A virtio NIC's parent is its virtio device: its PCI address is in sysfs.
         found: list[LinkInfo] = await self._ask(f"looking for the NIC at PCI address {pci}",
                                                 links_at_pci, pci)
-        return found[0] if found else None
+        return found
 
     async def locate_name(self, name: str) -> LinkInfo | None:
         self.monitor.drain()
@@ -212,12 +209,11 @@ class NetlinkHost:
         current, defaults, links, state = await self._ask(
             f"inspecting interface {link.index}", record.inspect, link.index, current,
             with_record, not ready)
-        if links is None:
-            master = inventory.by_index(current.master) if current.master else None
-            uppers = [other for other in inventory.built_on(current.index)
-                      if is_upper(other, current.index)]
-        else:
-            master, uppers = uppers_of(links, current.index)
+        if links is None:  # the inventory's: the link, its master, what is built on it
+            master_link = inventory.by_index(current.master) if current.master else None
+            links = [current, *([master_link] if master_link else []),
+                     *inventory.built_on(current.index)]
+        master, uppers = uppers_of(links, current.index)
         return LinkFacts(current, master, tuple(uppers), current.index in defaults, state)
 
     async def adopt(self, index: int) -> Adopted:

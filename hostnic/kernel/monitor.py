@@ -389,4 +389,4 @@ class LinkMonitor:
             self._recover(f"the reactor dropped the socket: {reason.getErrorMessage()}")
 
     def logPrefix(self) -> str:
-        return "hostnic-linkwatch"
+        return "hostnic-monitor"

@@ -2,7 +2,7 @@
 
 Everything here is immutable: the ledger replaces the whole ``State`` on each
 change, so a change that cannot be saved is undone by putting the old value
-back. The JSON form of these types lives in ``statefile``.
+back. The JSON form of these types lives in ``hostnic.state.fileformat``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,12 @@ def normalize_mac(text: str) -> str:
 _PCI = re.compile(r"^(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
 
 
+def is_full_pci(text: str) -> bool:
+    """Whether ``text`` is a PCI address as the kernel writes one (domain and all)."""
+    found = _PCI.match(text)
+    return found is not None and found.group(1) is not None and text == text.lower()
+
+
 def normalize_pci(text: str) -> str:
     """Canonical ``dddd:bb:ss.f`` for a PCI address (domain 0000 if left out)."""
     found = _PCI.match(text.strip()) if len(text) <= 32 else None
@@ -65,13 +71,14 @@ class NicRef:
     """How hostnic recognises one NIC wherever it has been, the one key the
     state file, the inventory, pools, pins, views and the admin API use: the
     MAC it had when it joined a pool, its permanent hardware address where the
-    kernel reports one, and its PCI address where it has one (both survive a
-    MAC changed by a container, an admin or a cloud). While lent, the NIC is
-    also known by its endpoint's transit name."""
+    kernel reports one, and its PCI address if it was named by one (an SR-IOV
+    VF, a NIC whose MAC a cloud rewrites): both survive a MAC changed by a
+    container, an admin or a cloud. While lent, the NIC is also known by its
+    endpoint's transit name."""
 
     mac: str
     perm: str | None = None
-    pci: str | None = None  # its parent device's PCI address (an SR-IOV VF, a PCI NIC)
+    pci: str | None = None  # the PCI address it was named by (-o hostnic_pci)
 
     def same_nic(self, other: NicRef) -> bool:
         return (self.mac == other.mac or (self.perm is not None and self.perm == other.perm)
@@ -85,19 +92,23 @@ class NicRef:
 
     def is_link(self, link: LinkInfo, lent_index: int | None = None) -> bool:
         """Whether ``link`` is this NIC, proven before hostnic names it to
-        dockerd or changes it. A NIC on a PCI device is the link on that device
-        (a virtio NIC's device is its virtio device, on the PCI one: then what
-        follows decides); one with a permanent address is the link with that
-        address (a VLAN, a bridge or a macvlan can wear its MAC, and reports
-        no device and no permanent address). One with
+        dockerd or changes it. A NIC named by its PCI address is the link on
+        that device (a virtio NIC's device is its virtio device, on the PCI
+        one, and a kernel before 5.16 names none: then what follows decides);
+        one with a permanent address is the link with that address (a VLAN, a
+        bridge or a macvlan can wear its MAC, and reports no device and no
+        permanent address). One with
         neither (a virtual NIC) is, once lent, the link with the interface index
         it had then (a namespace move keeps it unless the namespace it enters
         holds that index: ``proven`` then falls back on the MAC), and before,
         the link with its MAC. A name proves nothing: any link may wear one."""
         if self.pci is not None:
             if link.pci is not None:
-                return link.pci == self.pci
-            if link.parent_dev is None:  # a link on no device (a VLAN, a macvlan)
+                # Two ports of one PCI function share its address: their
+                # permanent addresses, where both are known, tell them apart.
+                return link.pci == self.pci and (
+                    self.perm is None or link.perm is None or link.perm == self.perm)
+            if link.kind is not None:  # a VLAN, a macvlan: on no device, not the NIC
                 return False
         if self.perm is not None:
             return link.perm == self.perm
