@@ -14,7 +14,7 @@ import os
 import threading
 import time
 
-from bench.host import ERRORS, TWISTD, BenchHost, lifecycle
+from bench.host import ERRORS, TWISTD, BenchHost, KeptAlive, lifecycle
 
 
 def main() -> None:
@@ -34,12 +34,13 @@ def main() -> None:
         print(f"hostnic: {TWISTD}; RSS at start {host.rss_mib():.1f} MiB")
 
         def worker(w: int) -> None:
+            client = KeptAlive(host.sock)  # as dockerd keeps its connection
             n = 0
             while True:
                 with lock:
                     if done[0] >= args.lifecycles:
                         return
-                lifecycle(host, w, n, host.macs[w])
+                lifecycle(client, w, n, host.macs[w])
                 n += 1
                 with lock:
                     done[0] += 1
