@@ -79,9 +79,10 @@ def restore(index: int, original: NicState) -> list[str]:
         except OSError as e:
             problems.append(f"{what}: {e.strerror or e}")
 
-    link = rtnl.get_link(index=index)
-    if link is None:
+    found = rtnl.get_link_settings(index)
+    if found is None:
         raise HostError(f"interface {index} vanished from the host")
+    link, af_spec = found
     name = link.name
     if link.name != original.name:
         def put_name() -> None:
@@ -104,7 +105,7 @@ def restore(index: int, original: NicState) -> list[str]:
         if altname not in link.altnames:
             step(f"altname {altname}",
                  partial(ipr.link, "property_add", index=index, altname=altname))
-    problems += write_sysctls(name, original.sysctls)
+    problems += write_sysctls(name, original.sysctls, af_spec)
     present = {a.key for a in rtnl.addresses_of(index)} if original.addresses else set()
     for address in original.addresses:
         if address.key in present or address.privacy:
@@ -167,11 +168,13 @@ def route_options(route: Route, index: int) -> dict[str, Any]:
     return options
 
 
-def write_sysctls(name: str, sysctls: tuple[tuple[str, str], ...]) -> list[str]:
+def write_sysctls(name: str, sysctls: tuple[tuple[str, str], ...],
+                  af_spec: bytes | None = None) -> list[str]:
     """Write back the per-device sysctls that differ (a namespace move resets
-    them all to the namespace's defaults)."""
+    them all to the namespace's defaults); ``af_spec``: the link message's
+    settings, read before a rename (a rename changes none of them)."""
     problems = []
-    now = dict(read_sysctls(name))
+    now = dict(read_sysctls(name, af_spec))
     for key, value in sysctls:
         if now.get(key) == value:
             continue

@@ -9,7 +9,7 @@ import time
 from typing import Sequence
 
 from hostnic.errors import HostError
-from hostnic.kernel import rtnl
+from hostnic.kernel import devconf, rtnl
 from hostnic.state.model import (AF_INET, AF_INET6, RT_TABLE_LOCAL, RT_TABLE_MAIN, RTPROT_KERNEL,
                            RTPROT_RA, Address, Adopted, LinkInfo, NicState, Route)
 
@@ -28,23 +28,29 @@ def restorable(info: rtnl.RouteInfo) -> bool:
             and route.table != RT_TABLE_LOCAL)
 
 
-def read_sysctls(name: str) -> tuple[tuple[str, str], ...]:
-    """Every per-device sysctl of ``name`` (``ipv4/rp_filter``, ...)."""
+def read_sysctls(name: str, af_spec: bytes | None = None) -> tuple[tuple[str, str], ...]:
+    """Every per-device sysctl of ``name`` (``ipv4/rp_filter``, ...): from the
+    link message's ``af_spec`` where it carries one (hostnic.kernel.devconf),
+    else from /proc."""
+    carried = devconf.settings(af_spec) if af_spec is not None else {}
+    present = devconf.families(af_spec) if af_spec is not None else None
     values = []
     for family in ("ipv4", "ipv6"):
+        if present is not None and not present[family]:
+            continue  # no IPv6 on this link, say
         directory = f"{SYSCTL_ROOT}/{family}/conf/{name}"
-        try:
-            names = sorted(os.listdir(directory))
-        except FileNotFoundError:
-            continue  # no IPv6 on this host, say
+        names = _entries(family, directory)
         for entry in names:
             key = f"{family}/{entry}"
             if key in UNRESTORABLE:
                 continue
+            if key in carried:
+                values.append((key, carried[key]))
+                continue
             try:
                 fd = os.open(f"{directory}/{entry}", os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
-                continue  # write-only
+                continue  # write-only, or the link just went
             try:
                 values.append((key, os.read(fd, 4096).decode().strip()))
             except OSError:
@@ -54,6 +60,22 @@ def read_sysctls(name: str) -> tuple[tuple[str, str], ...]:
     return tuple(values)
 
 
+_ENTRIES: dict[str, tuple[str, ...]] = {}
+
+
+def _entries(family: str, directory: str) -> tuple[str, ...]:
+    """The sysctls of a device's directory: the kernel gives every device the
+    same set, so it is listed once per family and root."""
+    key = f"{SYSCTL_ROOT} {family}"
+    names = _ENTRIES.get(key)
+    if names is None:
+        try:
+            names = _ENTRIES[key] = tuple(sorted(os.listdir(directory)))
+        except FileNotFoundError:
+            return ()  # no IPv6 on this host, say
+    return names
+
+
 def _link(index: int, on: rtnl.Session | None = None) -> LinkInfo:
     link = rtnl.get_link(index=index, on=on)
     if link is None:
@@ -61,16 +83,20 @@ def _link(index: int, on: rtnl.Session | None = None) -> LinkInfo:
     return link
 
 
-def read(index: int, link: LinkInfo | None = None, on: rtnl.Session | None = None) -> NicState:
-    """The whole record of a NIC, from its name to its sysctls (``link``: the
-    kernel's current view of it, if the caller has one)."""
+def read(index: int, on: rtnl.Session | None = None) -> tuple[LinkInfo, NicState]:
+    """The whole record of a NIC, from its name to its sysctls (the link
+    message with its per-device settings, its routes and its addresses), and
+    the link as that message showed it."""
     with rtnl.session(on) as s:
-        link = link or _link(index, s)
+        found = rtnl.get_link_settings(index, s)
+        if found is None:
+            raise HostError(f"interface {index} vanished from the host")
+        link, af_spec = found
         routes = tuple(info.route for info in rtnl.routes_via(index, s) if restorable(info))
         addresses = rtnl.addresses_of(index, s)
-    return NicState(
+    return link, NicState(
         name=link.name, mac=link.mac or "", mtu=link.mtu, up=link.up,
-        addresses=addresses, routes=routes, sysctls=read_sysctls(link.name),
+        addresses=addresses, routes=routes, sysctls=read_sysctls(link.name, af_spec),
         alias=link.alias, altnames=link.altnames, txqlen=link.txqlen, group=link.group,
         recorded_at=time.time(), index=index)
 
@@ -79,14 +105,17 @@ def inspect(index: int, link: LinkInfo | None, with_record: bool,
             links_needed: bool) -> tuple[LinkInfo, set[int], list[LinkInfo] | None,
                                          NicState | None]:
     """What a guard and a lend need of a link, on one netlink socket: the link
-    (asked of the kernel unless given), the links the host's default routes
-    leave by, every link of the namespace (to find its upper devices) if
-    asked, and its whole record if asked."""
+    (asked of the kernel unless given; with the record, as the record saw
+    it), the links the host's default routes leave by, every link of the
+    namespace (to find its upper devices) if asked, and its whole record if
+    asked."""
+    state = None
     with rtnl.session() as s:
+        if with_record:
+            link, state = read(index, s)
         link = link or _link(index, s)
         defaults = rtnl.host_default_links(s)
         links = rtnl.dump_links(s) if links_needed else None
-        state = read(index, link, s) if with_record else None
     return link, defaults, links, state
 
 

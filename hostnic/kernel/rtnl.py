@@ -31,7 +31,7 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO, IFLA_PERM_ADDRESS = 1, 3, 4, 18, 54
 IFLA_LINK, IFLA_MASTER, IFLA_TXQLEN, IFLA_IFALIAS, IFLA_GROUP = 5, 10, 13, 20, 27
-IFLA_LINK_NETNSID, IFLA_PROP_LIST, IFLA_ALT_IFNAME = 37, 52, 53
+IFLA_AF_SPEC, IFLA_LINK_NETNSID, IFLA_PROP_LIST, IFLA_ALT_IFNAME = 26, 37, 52, 53
 IFLA_PARENT_DEV_NAME, IFLA_PARENT_DEV_BUS_NAME = 56, 57  # Linux 5.16
 IFLA_INFO_KIND = 1
 IFA_ADDRESS, IFA_LOCAL, IFA_LABEL, IFA_BROADCAST, IFA_CACHEINFO, IFA_FLAGS = 1, 2, 3, 4, 6, 8
@@ -83,7 +83,9 @@ def _u32(value: bytes) -> int:
     return int(struct.unpack("=I", value[:4])[0])
 
 
-def _link(data: bytes, body: int, end: int) -> LinkInfo:
+def _link(data: bytes, body: int, end: int, settings: list[bytes] | None = None) -> LinkInfo:
+    """A link message's LinkInfo; and, into ``settings`` if given, its raw
+    IFLA_AF_SPEC (the per-device IPv4 and IPv6 settings, hostnic.kernel.devconf)."""
     _family, _type, index, flags, _change = IFINFOMSG.unpack_from(data, body)
     name, mac, mtu, kind, perm = "", None, 0, None, None
     extra: dict[str, Any] = {}
@@ -116,6 +118,8 @@ def _link(data: bytes, body: int, end: int) -> LinkInfo:
             extra["parent_dev"] = _text(value)
         elif attr == IFLA_PARENT_DEV_BUS_NAME:
             extra["parent_bus"] = _text(value)
+        elif attr == IFLA_AF_SPEC and settings is not None:
+            settings.append(value)
         elif attr == IFLA_PROP_LIST:
             extra["altnames"] = tuple(_text(v) for sub, v in attributes(value, 0, len(value))
                                       if sub == IFLA_ALT_IFNAME)
@@ -189,10 +193,12 @@ def _route(data: bytes, body: int, end: int) -> RouteInfo:
     return RouteInfo(route, frozenset(oifs), multipath)
 
 
-def parse_messages(data: bytes) -> Iterator[tuple[int, Any]]:
+def parse_messages(data: bytes, settings: list[bytes] | None = None
+                   ) -> Iterator[tuple[int, Any]]:
     """Yield ``(type, value)`` per message: a LinkInfo for link messages, an
     AddrInfo (or None) for address messages, a RouteInfo for routes, the
-    errno of an error, None for the end of a dump."""
+    errno of an error, None for the end of a dump. ``settings`` collects the
+    link messages' IFLA_AF_SPEC."""
     offset = 0
     while offset + NLMSGHDR.size <= len(data):
         length, msg_type, _flags, _seq, _pid = NLMSGHDR.unpack_from(data, offset)
@@ -200,7 +206,7 @@ def parse_messages(data: bytes) -> Iterator[tuple[int, Any]]:
             return
         body, end = offset + NLMSGHDR.size, offset + length
         if msg_type in (RTM_NEWLINK, RTM_DELLINK):
-            yield msg_type, _link(data, body, end)
+            yield msg_type, _link(data, body, end, settings)
         elif msg_type in (RTM_NEWADDR, RTM_DELADDR):
             yield msg_type, _addr(data, body, end)
         elif msg_type == RTM_NEWROUTE:
@@ -231,8 +237,8 @@ class Session:
     def close(self) -> None:
         self.sock.close()
 
-    def request(self, msg_type: int, body: bytes,
-                flags: int = NLM_F_DUMP) -> list[tuple[int, Any]]:
+    def request(self, msg_type: int, body: bytes, flags: int = NLM_F_DUMP,
+                settings: list[bytes] | None = None) -> list[tuple[int, Any]]:
         """Every message of one request (a dump unless ``flags`` says otherwise)."""
         self.sequence += 1
         header = NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type, NLM_F_REQUEST | flags,
@@ -240,7 +246,7 @@ class Session:
         self.sock.send(header + body)
         messages: list[tuple[int, Any]] = []
         while True:
-            for kind, value in parse_messages(self.sock.recv(RECV_BUFFER)):
+            for kind, value in parse_messages(self.sock.recv(RECV_BUFFER), settings):
                 if kind == NLMSG_DONE:
                     return messages
                 if kind == NLMSG_ERROR:
@@ -265,11 +271,12 @@ def session(given: Session | None = None) -> Iterator[Session]:
         own.close()
 
 
-def dump(msg_type: int, body: bytes, flags: int = NLM_F_DUMP,
-         on: Session | None = None) -> list[tuple[int, Any]]:
-    """Every message of one request, on ``on`` or a socket of its own."""
+def dump(msg_type: int, body: bytes, flags: int = NLM_F_DUMP, on: Session | None = None,
+         settings: list[bytes] | None = None) -> list[tuple[int, Any]]:
+    """Every message of one request, on ``on`` or a socket of its own
+    (``settings``: as for ``parse_messages``)."""
     with session(on) as s:
-        return s.request(msg_type, body, flags)
+        return s.request(msg_type, body, flags, settings)
 
 
 def get_link(index: int | None = None, name: str | None = None,
@@ -278,13 +285,27 @@ def get_link(index: int | None = None, name: str | None = None,
     body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, index or 0, 0, 0)
     if index is None:
         body += attribute(IFLA_IFNAME, (name or "").encode() + b"\0")
+    return _one_link(body, on, None)
+
+
+def _one_link(body: bytes, on: Session | None, settings: list[bytes] | None
+              ) -> LinkInfo | None:
     try:
-        found = dump(RTM_GETLINK, body, flags=0, on=on)
+        found = dump(RTM_GETLINK, body, 0, on, settings)
     except OSError as e:
         if e.errno == errno.ENODEV:
             return None
         raise
     return next((value for kind, value in found if kind == RTM_NEWLINK), None)
+
+
+def get_link_settings(index: int, on: Session | None = None
+                      ) -> tuple[LinkInfo, bytes] | None:
+    """One link and its raw IFLA_AF_SPEC (b"" if the kernel sent none), by
+    index; None if there is none."""
+    settings: list[bytes] = []
+    link = _one_link(IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0), on, settings)
+    return None if link is None else (link, settings[0] if settings else b"")
 
 
 def addresses_of(index: int, on: Session | None = None) -> tuple[Address, ...]:

@@ -14,7 +14,6 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from hostnic.kernel import changes, record, rtnl
 from hostnic.kernel.host import NetlinkHost, find_links
 from hostnic.kernel.monitor import LinkMonitor
-from hostnic.kernel.record import read as host_read_state
 from hostnic.kernel.rtnl import dump_links
 from hostnic.state.model import Address, LinkInfo, NicRef, NicState
 from tests.fakes import run_now
@@ -23,6 +22,10 @@ from tests.netns.nsutil import FakeReactor, NetnsTestCase, ip
 import pytest
 
 pytestmark = pytest.mark.netns
+
+
+def host_read_state(index: int) -> NicState:
+    return record.read(index)[1]
 
 
 class NetlinkTests(NetnsTestCase):
