@@ -231,3 +231,30 @@ class HostileClientTests(CoreTestCase):
         # What the event log keeps of refused requests is bounded too.
         for event in self.core.events.last(self.core.events.size):
             self.assertLess(len(json.dumps(event)), 2048)
+
+
+class KeptAliveTests(CoreTestCase):
+    """dockerd's plugin client keeps its connection open between calls:
+    each answer goes out whole with a Content-Length (never chunked), and
+    the connection stays open for the next call."""
+
+    def test_two_calls_on_one_connection(self) -> None:
+        self.host.add("ens4", MAC1, up=True)
+        assert self.daemon is not None
+        sites = self.daemon.sites(reactor=Clock())
+        for site, path, body, headers in (
+                (sites["driver"], "/NetworkDriver.GetCapabilities", b"", {}),
+                (sites["admin"], "/rpc", b'{"jsonrpc": "2.0", "id": 1, "method": "status"}',
+                 {"Authorization": "Bearer s3cret"})):
+            wire = Wire(site)
+            for _ in range(2):
+                wire.transport.clear()
+                wire.protocol.dataReceived(request("POST", path, body, headers))
+                head, _, answer = wire.transport.value().partition(b"\r\n\r\n")
+                fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+                self.assertNotIn(b"Transfer-Encoding", fields, head)
+                self.assertEqual(int(fields[b"Content-Length"]), len(answer), head)
+                self.assertIsInstance(strict_json(answer), dict)
+                self.assertFalse(wire.transport.disconnecting)
+
+    admin_token = b"s3cret"

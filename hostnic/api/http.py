@@ -84,6 +84,28 @@ class Limits:
 
 class GuardedRequest(server.Request):
     refused = False
+    _held: list[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        # An answer is held until finish() and goes out whole, with a
+        # Content-Length: no chunked encoding (three writes and a parser
+        # state per answer for a kept-alive client), one write to the socket.
+        if not self.startedWriting and not self.finished:
+            if self._held is None:
+                self._held = []
+            self._held.append(data)
+            return
+        super().write(data)
+
+    def finish(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self._disconnected:
+            body = b"".join(held)
+            if (self.code not in http.NO_BODY_CODES and self.method != b"HEAD"
+                    and not self.responseHeaders.hasHeader(b"content-length")):
+                self.setHeader(b"Content-Length", b"%d" % len(body))
+            super().write(body)
+        super().finish()
 
     def getRequestHostname(self) -> bytes:
         # HTTP/1.0 without Host over a unix socket: Twisted would look up
