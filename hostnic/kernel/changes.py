@@ -1,7 +1,9 @@
-"""Every change hostnic makes to a NIC, through pyroute2, and the only module
-that imports it. All functions block: they run in hostnic's one netlink
-thread, which owns the one IPRoute socket (reads go through ``hostnic.kernel.rtnl``
-and the event-driven inventory instead).
+"""Every change hostnic makes to a NIC. Requests are built with pyroute2's
+rtnetlink message classes (``ifinfmsg``, ``ifaddrmsg``, ``rtmsg``), sent in
+batches on this thread's raw netlink socket (``hostnic.kernel.rtnl.Session``),
+and their acknowledgements read together: the kernel runs a batch's
+requests in order and answers each, so each step still succeeds or fails on
+its own. All functions block: they run in hostnic's one netlink thread.
 
 pyroute2 costs ~100 ms and ~20 MiB to import: this module is loaded on the
 first change, in that thread, not at start-up.
@@ -12,126 +14,205 @@ from __future__ import annotations
 import os
 import threading
 import time
-from functools import partial
-from typing import Any, Callable
+from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from hostnic.errors import HostError
 from hostnic.kernel import record, rtnl
 from hostnic.kernel.record import read_sysctls
-from hostnic.state.model import USER_ADDRESS_FLAGS, Address, NicState, Route
+from hostnic.state.model import AF_INET, USER_ADDRESS_FLAGS, Address, NicState, Route
 
 EEXIST = 17
+IFF_UP = 0x1
+RTM_SETLINK, RTM_NEWADDR, RTM_NEWROUTE, RTM_NEWLINKPROP = 19, 20, 24, 108
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
+ADD = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+SET = NLM_F_REQUEST | NLM_F_ACK
+RT_TABLE_COMPAT = 252  # the header's table when RTA_TABLE holds one above 255
+FOREVER = 0xFFFFFFFF
 _local = threading.local()
 
 
-def _ipr() -> Any:
-    ipr = getattr(_local, "ipr", None)
-    if ipr is None:
-        ipr = _local.ipr = IPRoute()
-    return ipr
+def _session() -> rtnl.Session:
+    session = getattr(_local, "session", None)
+    if session is None:
+        session = _local.session = rtnl.Session()
+    return session
 
 
 def forget_thread_socket() -> None:
     """Close this thread's socket: for callers that move the thread to another
     network namespace (a socket stays bound to the namespace it was made in)."""
-    ipr = getattr(_local, "ipr", None)
-    if ipr is not None:
-        ipr.close()
-        _local.ipr = None
+    session = getattr(_local, "session", None)
+    if session is not None:
+        session.close()
+        _local.session = None
+
+
+class Batch:
+    """Change requests sent together; ``send`` returns what failed, a
+    sentence per step (an address or route already there counts as made)."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, Any, bool]] = []
+
+    def add(self, what: str, msg: Any, msg_type: int, flags: int,
+            present_is_fine: bool = False) -> None:
+        msg["header"]["type"] = msg_type
+        msg["header"]["flags"] = flags
+        self.steps.append((what, msg, present_is_fine))
+
+    def send(self) -> list[str]:
+        if not self.steps:
+            return []
+        session = _session()
+        for _what, msg, _fine in self.steps:
+            msg["header"]["sequence_number"] = session.next_sequence()
+            msg.encode()
+        codes = session.acknowledged([msg.data for _what, msg, _fine in self.steps])
+        return [f"{what}: {os.strerror(code)}"
+                for (what, _msg, present_is_fine), code in zip(self.steps, codes)
+                if code and not (present_is_fine and code == EEXIST)]
+
+
+def link_change(index: int, attrs: dict[str, Any] | None = None,
+                up: bool | None = None) -> Any:
+    """A request that sets a link's attributes (``{"IFLA_IFNAME": ...}``) and,
+    if ``up`` is not None, its admin state."""
+    msg = ifinfmsg()
+    msg["index"] = index
+    if up is not None:
+        msg["flags"], msg["change"] = (IFF_UP if up else 0), IFF_UP
+    msg["attrs"] = list((attrs or {}).items())
+    return msg
+
+
+def altname_change(index: int, altname: str) -> Any:
+    msg = ifinfmsg()
+    msg["index"] = index
+    msg["attrs"] = [("IFLA_PROP_LIST", {"attrs": [("IFLA_ALT_IFNAME", altname)]})]
+    return msg
+
+
+def address_change(index: int, address: Address, recorded_at: float) -> Any | None:
+    """The request that adds a recorded address back, keeping a lease's
+    remaining lifetimes; None if the lease ran out."""
+    options = lifetimes(address, recorded_at)
+    if options is None:
+        return None
+    flags = address.flags & USER_ADDRESS_FLAGS
+    msg = ifaddrmsg()
+    msg["family"], msg["prefixlen"], msg["index"] = address.family, address.prefixlen, index
+    msg["flags"] = flags & 0xFF
+    attrs: list[tuple[str, Any]] = [("IFA_ADDRESS", address.address)]
+    if address.family == AF_INET:
+        attrs.append(("IFA_LOCAL", address.address))
+    if "label" in options:
+        attrs.append(("IFA_LABEL", options["label"]))
+    if "broadcast" in options:
+        attrs.append(("IFA_BROADCAST", options["broadcast"]))
+    if "valid_lft" in options:
+        attrs.append(("IFA_CACHEINFO", {"ifa_preferred": options["preferred_lft"],
+                                        "ifa_valid": options["valid_lft"],
+                                        "cstamp": 0, "tstamp": 0}))
+    attrs.append(("IFA_FLAGS", flags))
+    msg["attrs"] = attrs
+    return msg
+
+
+def route_change(route: Route, index: int) -> Any:
+    msg = rtmsg()
+    options = route_options(route, index)
+    for field in ("family", "dst_len", "proto", "scope", "type"):
+        msg[field] = options[field]
+    msg["table"] = route.table if route.table < 256 else RT_TABLE_COMPAT
+    attrs: list[tuple[str, Any]] = [("RTA_TABLE", route.table), ("RTA_OIF", index)]
+    for key, nla in (("dst", "RTA_DST"), ("gateway", "RTA_GATEWAY"),
+                     ("priority", "RTA_PRIORITY"), ("prefsrc", "RTA_PREFSRC")):
+        if key in options:
+            attrs.append((nla, options[key]))
+    msg["attrs"] = attrs
+    return msg
 
 
 def rename(index: int, name: str, up: bool = True) -> None:
-    """Set the link down (unless it is already: each change costs ~0.2 ms of
-    pyroute2) and rename it (the kernel refuses to rename an up link; if the
-    rename fails, the link stays down: the caller restores it)."""
-    ipr = _ipr()
-    try:
-        if up:
-            ipr.link("set", index=index, state="down")
-        ipr.link("set", index=index, ifname=name)
-    except NetlinkError as e:
-        raise HostError(f"could not rename interface {index} to {name}: {e}") from e
+    """Set the link down (unless it is already) and rename it, in one batch
+    (the kernel refuses to rename an up link; if the rename fails, the link
+    stays down: the caller restores it)."""
+    batch = Batch()
+    if up:
+        batch.add("down", link_change(index, up=False), RTM_SETLINK, SET)
+    batch.add("rename", link_change(index, {"IFLA_IFNAME": name}), RTM_SETLINK, SET)
+    problems = batch.send()
+    if problems:
+        raise HostError(f"could not rename interface {index} to {name}: "
+                        f"{problems[0].partition(': ')[2]}")
 
 
 def restore(index: int, original: NicState) -> list[str]:
     """Put a returned NIC back as it was recorded; returns what was not possible.
 
     Each step stands on its own: a name taken by another link does not stop
-    the rest. The order is the kernel's: the name and link settings, the
-    sysctls (they govern what addresses do), the addresses (in recorded
-    order, so primaries stay primaries), the admin state, then the routes
-    (the kernel takes a route only through a link that is up).
+    the rest. The order is the kernel's: the name and link settings (one
+    batch), the sysctls (they govern what addresses do), then one batch of
+    the addresses (in recorded order, so primaries stay primaries), the
+    admin state, and the routes (the kernel takes a route only through a
+    link that is up).
     """
-    ipr = _ipr()
-    problems: list[str] = []
-
-    def step(what: str, change: Callable[[], Any], present_is_fine: bool = False) -> None:
-        try:
-            change()
-        except NetlinkError as e:
-            # An address or route already there is restored; a name already
-            # there belongs to another link.
-            if not (present_is_fine and e.code == EEXIST):
-                problems.append(f"{what}: {e}")
-        except OSError as e:
-            problems.append(f"{what}: {e.strerror or e}")
-
     found = rtnl.get_link_settings(index)
     if found is None:
         raise HostError(f"interface {index} vanished from the host")
     link, af_spec = found
-    name = link.name
+    down = not link.up
+    links = Batch()
     if link.name != original.name:
-        def put_name() -> None:
-            nonlocal name
-            if link.up:  # dockerd hands it back down; a kernel-returned one may differ
-                ipr.link("set", index=index, state="down")
-            ipr.link("set", index=index, ifname=original.name)
-            name = original.name
-        step(f"name {original.name}", put_name)
+        if link.up:  # dockerd hands it back down; a kernel-returned one may differ
+            links.add(f"name {original.name}", link_change(index, up=False), RTM_SETLINK, SET)
+            down = True
+        links.add(f"name {original.name}", link_change(index, {"IFLA_IFNAME": original.name}),
+                  RTM_SETLINK, SET)
     if link.mtu != original.mtu:
-        step(f"mtu {original.mtu}", lambda: ipr.link("set", index=index, mtu=original.mtu))
+        links.add(f"mtu {original.mtu}", link_change(index, {"IFLA_MTU": original.mtu}),
+                  RTM_SETLINK, SET)
     if original.mac and link.mac != original.mac:
-        step(f"mac {original.mac}", lambda: ipr.link("set", index=index, address=original.mac))
-    settings = {key: value for key, value, now in (
-        ("txqlen", original.txqlen, link.txqlen), ("group", original.group, link.group),
-        ("ifalias", original.alias or "", link.alias or "")) if value is not None and value != now}
-    if settings:
-        step(f"{', '.join(settings)}", lambda: ipr.link("set", index=index, **settings))
+        links.add(f"mac {original.mac}", link_change(index, {"IFLA_ADDRESS": original.mac}),
+                  RTM_SETLINK, SET)
+    settings = {nla: value for nla, value, now in (
+        ("IFLA_TXQLEN", original.txqlen, link.txqlen), ("IFLA_GROUP", original.group, link.group),
+        ("IFLA_IFALIAS", original.alias or "", link.alias or ""))
+        if value is not None and value != now}
+    if settings:  # "txqlen, group, ifalias"
+        links.add(", ".join(nla[len("IFLA_"):].lower() for nla in settings),
+                  link_change(index, settings), RTM_SETLINK, SET)
     for altname in original.altnames:
         if altname not in link.altnames:
-            step(f"altname {altname}",
-                 partial(ipr.link, "property_add", index=index, altname=altname))
+            links.add(f"altname {altname}", altname_change(index, altname),
+                      RTM_NEWLINKPROP, ADD, present_is_fine=True)
+    problems = links.send()
+    name = original.name if not any(p.startswith(f"name {original.name}:")
+                                    for p in problems) else link.name
     problems += write_sysctls(name, original.sysctls, af_spec)
-    present = {a.key for a in rtnl.addresses_of(index)} if original.addresses else set()
+    rest = Batch()
     for address in original.addresses:
-        if address.key in present or address.privacy:
+        if address.privacy:
             continue  # privacy addresses are the kernel's to make again
-        options = lifetimes(address, original.recorded_at)
-        if options is None:
+        msg = address_change(index, address, original.recorded_at)
+        if msg is None:
             problems.append(f"address {address}: its lease ran out while the NIC was lent "
                             f"(the host's DHCP client will ask again)")
             continue
-        step(f"address {address}", partial(
-            ipr.addr, "add", index=index, address=address.address,
-            prefixlen=address.prefixlen, flags=address.flags & USER_ADDRESS_FLAGS, **options),
-            present_is_fine=True)
-    current_up = rtnl.get_link(index=index)
-    if original.up and current_up is not None and not current_up.up:
-        step("admin state up", lambda: ipr.link("set", index=index, state="up"))
-    routes = {route_key(info.route) for info in rtnl.routes_via(index)} \
-        if original.routes else set()
+        rest.add(f"address {address}", msg, RTM_NEWADDR, ADD, present_is_fine=True)
+    if original.up and down:
+        rest.add("admin state up", link_change(index, up=True), RTM_SETLINK, SET)
     for route in original.routes:
-        if route_key(route) in routes:
-            continue
-        step(f"route {route}", partial(ipr.route, "add", **route_options(route, index)),
-             present_is_fine=True)
-    if not original.up and current_up is not None and current_up.up:
-        step("admin state down", lambda: ipr.link("set", index=index, state="down"))
-    return problems
+        rest.add(f"route {route}", route_change(route, index), RTM_NEWROUTE, ADD,
+                 present_is_fine=True)
+    if not original.up and not down:
+        rest.add("admin state down", link_change(index, up=False), RTM_SETLINK, SET)
+    return problems + rest.send()
 
 
 def lifetimes(address: Address, recorded_at: float) -> dict[str, Any] | None:
@@ -149,10 +230,6 @@ def lifetimes(address: Address, recorded_at: float) -> dict[str, Any] | None:
         return None
     preferred = max(0, min(valid, (address.preferred or 0) - elapsed))
     return {**options, "valid_lft": valid, "preferred_lft": preferred}
-
-
-def route_key(route: Route) -> tuple[Any, ...]:
-    return (route.family, route.dst, route.dst_len, route.table, route.priority or 0)
 
 
 def route_options(route: Route, index: int) -> dict[str, Any]:

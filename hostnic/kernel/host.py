@@ -61,7 +61,7 @@ def links_at_pci(pci: str) -> list[LinkInfo]:
 
 def translated(what: str, f: Callable[..., Any], *args: Any) -> Any:
     """Run ``f`` (in a thread); an error of the kernel's (an ``OSError`` from a
-    raw netlink socket or /proc, a ``NetlinkError`` from pyroute2) that
+    raw netlink socket or /proc, an error of pyroute2's message classes) that
     reaches the host port leaves it as a HostError that names what failed, so
     the core meets only its own error types."""
     try:

@@ -2,9 +2,9 @@
 attributes it needs (~50x cheaper than a generic decoder: a 2,000-link dump
 costs milliseconds, not seconds).
 
-Reading only. Links and addresses are changed through pyroute2, in
-``hostnic.kernel.changes``. The blocking helpers here run in threads (or, for the
-event socket, on the reactor, which never waits on it).
+Reading, and the socket changes are sent on (``hostnic.kernel.changes``
+builds them with pyroute2's message classes). The blocking helpers here run
+in threads (or, for the event socket, on the reactor, which never waits on it).
 """
 
 from __future__ import annotations
@@ -237,12 +237,34 @@ class Session:
     def close(self) -> None:
         self.sock.close()
 
+    def next_sequence(self) -> int:
+        self.sequence += 1
+        return self.sequence
+
+    def acknowledged(self, requests: list[bytes]) -> list[int]:
+        """Send encoded requests that each ask for an acknowledgement (their
+        sequence numbers from ``next_sequence``) in one write; the kernel
+        runs them in order. Returns each one's errno, 0 for done."""
+        codes: dict[int, int] = {}
+        wanted = {NLMSGHDR.unpack_from(raw)[3] for raw in requests}
+        self.sock.send(b"".join(requests))
+        while wanted - codes.keys():
+            data = self.sock.recv(RECV_BUFFER)
+            offset = 0
+            while offset + NLMSGHDR.size <= len(data):
+                length, msg_type, _flags, sequence, _pid = NLMSGHDR.unpack_from(data, offset)
+                if length < NLMSGHDR.size:
+                    break
+                if msg_type == NLMSG_ERROR and sequence in wanted:  # (a stale one is not)
+                    codes[sequence] = -struct.unpack_from("=i", data, offset + NLMSGHDR.size)[0]
+                offset += (length + 3) & ~3
+        return [codes[NLMSGHDR.unpack_from(raw)[3]] for raw in requests]
+
     def request(self, msg_type: int, body: bytes, flags: int = NLM_F_DUMP,
                 settings: list[bytes] | None = None) -> list[tuple[int, Any]]:
         """Every message of one request (a dump unless ``flags`` says otherwise)."""
-        self.sequence += 1
         header = NLMSGHDR.pack(NLMSGHDR.size + len(body), msg_type, NLM_F_REQUEST | flags,
-                               self.sequence, 0)
+                               self.next_sequence(), 0)
         self.sock.send(header + body)
         messages: list[tuple[int, Any]] = []
         while True:

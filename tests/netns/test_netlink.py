@@ -93,12 +93,15 @@ class NetlinkTests(NetnsTestCase):
     def test_a_nic_comes_back_with_everything_it_had(self) -> None:
         mac = self.veth("ens9")
         self.configure_a_production_nic("ens9")
+        # A table past the 8 bits of the route message's header field.
+        ip("-n", self.ns, "route", "add", "10.10.0.0/16", "via", "10.5.0.1", "dev", "ens9",
+           "table", "1000")
         link = rtnl.get_link(name="ens9")
         assert link is not None
         original = host_read_state(link.index)
         self.assertEqual((original.alias, original.altnames, original.txqlen, original.group),
                          ("tenant uplink", ("tenant0",), 500, 7))
-        self.assertEqual(len(original.routes), 4, [str(r) for r in original.routes])
+        self.assertEqual(len(original.routes), 5, [str(r) for r in original.routes])
         self.assertIn(("ipv4/rp_filter", "2"), original.sysctls)
 
         back = self.lend_and_get_back(link.index, mac)
