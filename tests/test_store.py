@@ -4,6 +4,8 @@ strict reading of the state file, and group commit."""
 from __future__ import annotations
 
 import json
+
+import attrs
 import os
 from typing import Any
 
@@ -325,3 +327,31 @@ class GroupCommitTests(SynchronousTestCase):
         self.writes[1].errback(OSError(5, "Input/output error"))
         self.assertEqual(undone, ["a", "b"])
         self.failureResultOf(second, StoreError)
+
+
+class PlainFormTests(SynchronousTestCase):
+    """A NIC's record is kept in its plain form between a claim's phases
+    (fileformat._plain): each record must still be written as itself."""
+
+    def test_every_record_is_written_as_itself(self) -> None:
+        from hostnic.state.fileformat import claim_json
+        claims = []
+        for i in range(600):  # past what is kept: the cache empties and fills again
+            original = NicState(f"ens{i}", MAC1, 1500 + i, True, sysctls=(("ipv4/tag", str(i)),))
+            claims.append(Claim(endpoint_id=f"ep{i}", network_id=NET, nic=NicRef(MAC1),
+                                phase=Phase.JOINED, original=original))
+        for _ in range(2):
+            for i, claim in enumerate(claims):
+                plain = claim_json(claim)["original"]
+                self.assertEqual((plain["name"], plain["mtu"], json.loads(json.dumps(plain["sysctls"]))),
+                                 (f"ens{i}", 1500 + i, [["ipv4/tag", str(i)]]))
+        # Records that come and go (an id is reused once its object is gone).
+        for i in range(600):
+            original = NicState(f"eth{i}", MAC1, 9000 - i, True)
+            claim = Claim(endpoint_id="ep", network_id=NET, nic=NicRef(MAC1),
+                          phase=Phase.JOINED, original=original)
+            self.assertEqual(claim_json(claim)["original"]["name"], f"eth{i}")
+            del original, claim
+        # An equal record that is another object is written the same.
+        again = NicState("ens0", MAC1, 1500, True, sysctls=(("ipv4/tag", "0"),))
+        self.assertEqual(claim_json(attrs.evolve(claims[0], original=again)), claim_json(claims[0]))

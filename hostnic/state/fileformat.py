@@ -35,8 +35,26 @@ def _nic(ref: NicRef) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
-    """attrs values (and their tuples) as JSON-ready lists and dicts."""
-    return None if value is None else attrs.asdict(value)  # tuples become lists
+    """attrs values (and their tuples) as JSON-ready lists and dicts.
+
+    A claim's record of its NIC (~100 sysctls, its addresses and routes) is
+    written again with each of the claim's phases, unchanged: the record is
+    immutable, so its plain form is kept for the next time. Callers never
+    change what they get."""
+    if value is None:
+        return None
+    held = _PLAIN.get(id(value))
+    if held is not None and held[0] is value:  # (holding it keeps its id unique)
+        return held[1]
+    plain = attrs.asdict(value)  # tuples become lists
+    if len(_PLAIN) >= _PLAIN_HELD:
+        _PLAIN.clear()
+    _PLAIN[id(value)] = (value, plain)
+    return plain
+
+
+_PLAIN: dict[int, tuple[Any, Any]] = {}
+_PLAIN_HELD = 256  # records of NICs lent at once, and then some
 
 
 def network_json(n: Network) -> dict[str, Any]:
