@@ -87,6 +87,7 @@ class BenchHost:
         self.sock = os.path.join(self.work, "hostnic.sock")
         self.admin = os.path.join(self.work, "admin.sock")
         self.proc: subprocess.Popen[bytes] | None = None
+        self.launcher = [TWISTD]  # bench/where_time_goes.py runs twistd under its profiler
         for netns in (self.netns, self.peers):
             subprocess.run(["ip", "netns", "add", netns], check=True)
         subprocess.run(["ip", "-n", self.netns, "link", "set", "lo", "up"], check=True)
@@ -104,7 +105,7 @@ class BenchHost:
         """Start hostnic; seconds from spawn to the first answered request."""
         started = time.perf_counter()
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, TWISTD, "-n", "--pidfile=",
+            ["ip", "netns", "exec", self.netns, *self.launcher, "-n", "--pidfile=",
              *os.environ.get("HOSTNIC_BENCH_TWISTD_ARGS", "").split(), "hostnic",
              "--socket", f"unix:{self.sock}:lockfile=1",
              "--state-dir", os.path.join(self.work, "state"),
