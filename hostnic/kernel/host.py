@@ -3,8 +3,8 @@
 Reads come from the event-driven inventory (drained first, so it is the
 kernel's view) with no thread hop and no netlink call; only while the
 inventory resyncs or recovers do they ask the kernel, in a thread. The
-default-route check is one kernel-filtered dump in a thread. Changes run
-through pyroute2 in hostnic's one netlink thread.
+default-route check is one kernel-filtered dump in a thread. Changes are
+pyroute2 messages sent in batches from hostnic's one netlink thread.
 
 ``tests/fakes.py`` provides ``FakeHost`` with the same methods over an
 in-memory model of a namespace that behaves like the kernel;
@@ -77,7 +77,7 @@ def translated(what: str, f: Callable[..., Any], *args: Any) -> Any:
 
 
 def rename_link(index: int, name: str, up: bool) -> None:
-    # hostnic.kernel.changes loads pyroute2 (~100 ms, ~20 MiB): on the first
+    # hostnic.kernel.changes loads pyroute2's message classes: on the first
     # change, in the netlink thread, not at start-up.
     from hostnic.kernel import changes
     changes.rename(index, name, up)
