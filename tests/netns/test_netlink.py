@@ -359,3 +359,22 @@ class ParentDeviceTests(SynchronousTestCase):
             self.assertEqual(mine.pci, link["parentdev"] if link["parentbus"] == "pci" else None)
         self.assertTrue(all(read[l["ifname"]].parent_dev is None for l in shown
                             if not l.get("parentbus")))
+
+
+class MonitorTurnTests(NetnsTestCase):
+    def test_a_burst_is_read_a_slice_per_reactor_turn_and_a_lookup_reads_it_all(self) -> None:
+        monitor = LinkMonitor(FakeReactor(), run_now)
+        self.successResultOf(monitor.start())
+        self.addCleanup(monitor.stop)
+        import subprocess
+        batch = "".join(f"link add s{i} type veth peer name t{i}\n" for i in range(150))
+        subprocess.run(["ip", "-n", self.ns, "-batch", "-"], input=batch.encode(), check=True)
+        before = len(monitor.inventory)
+        monitor.doRead()  # one reactor turn
+        after_one_turn = len(monitor.inventory)
+        self.assertGreater(after_one_turn, before)
+        self.assertLess(after_one_turn - before, 300)  # not the whole burst in one stretch
+        monitor.drain()  # as a lookup does
+        self.assertEqual(len(monitor.inventory), 301)
+        self.assertEqual({l.name for l in monitor.inventory.all()},
+                         {l.name for l in dump_links()})
