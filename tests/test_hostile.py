@@ -19,6 +19,7 @@ from typing import Any
 from twisted.internet.address import UNIXAddress
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
 
 from hostnic.api.http import GuardedSite
 from tests.helpers import EP, MAC1, NET, CoreTestCase
@@ -258,3 +259,51 @@ class KeptAliveTests(CoreTestCase):
                 self.assertFalse(wire.transport.disconnecting)
 
     admin_token = b"s3cret"
+
+
+class HeldAnswerTests(SynchronousTestCase):
+    """An answer is held until finish(): one without a body still sends its
+    head, and a route that fails after writing answers the 500 alone."""
+
+    def site(self) -> GuardedSite:
+        from klein import Klein
+        from hostnic.api.http import driver_refusal
+        app = Klein()
+
+        @app.route("/empty")
+        def empty(request: Any) -> None:
+            request.setResponseCode(204)
+
+        @app.route("/nothing")
+        def nothing(request: Any) -> None:
+            return None
+
+        @app.route("/half")
+        def half(request: Any) -> bytes:
+            request.write(b'{"partial": ')
+            raise RuntimeError("failed half way")
+
+        return GuardedSite(app.resource(), driver_refusal, reactor=Clock())
+
+    def answer(self, path: str) -> tuple[bytes, bytes]:
+        wire = Wire(self.site())
+        wire.protocol.dataReceived(request("GET", path, b"", {}))
+        head, _, body = wire.transport.value().partition(b"\r\n\r\n")
+        return head, body
+
+    def test_an_answer_without_a_body_sends_its_head(self) -> None:
+        head, body = self.answer("/empty")
+        self.assertTrue(head.startswith(b"HTTP/1.1 204"), head)
+        self.assertEqual(body, b"")
+        head, body = self.answer("/nothing")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+        self.assertIn(b"Content-Length: 0", head)
+
+    def test_a_route_that_fails_after_writing_answers_the_error_alone(self) -> None:
+        head, body = self.answer("/half")
+        self.assertTrue(head.startswith(b"HTTP/1.1 500"), head)
+        length = int(dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+                     [b"Content-Length"])
+        self.assertEqual(len(body), length)
+        self.assertIn("Err", strict_json(body))
+        self.flushLoggedErrors(RuntimeError)

@@ -99,6 +99,8 @@ class GuardedRequest(server.Request):
 
     def finish(self) -> None:
         held, self._held = self._held, None
+        if held is None and not self.startedWriting:
+            held = []  # an answer without a body: its head still goes out
         if held is not None and not self._disconnected:
             body = b"".join(held)
             if (self.code not in http.NO_BODY_CODES and self.method != b"HEAD"
@@ -145,6 +147,7 @@ class GuardedRequest(server.Request):
                                  f"({getattr(reason.type, '__name__', 'error')}); "
                                  f"see the hostnic log")
         if not self.startedWriting:
+            self._held = None  # what the route wrote before failing is not the answer
             self.setResponseCode(500)
             self.setHeader(b"Content-Type", b"application/json")
             self.setHeader(b"Content-Length", b"%d" % len(body))

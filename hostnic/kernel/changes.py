@@ -69,7 +69,11 @@ class Batch:
         for _what, msg, _fine in self.steps:
             msg["header"]["sequence_number"] = session.next_sequence()
             msg.encode()
-        codes = session.acknowledged([msg.data for _what, msg, _fine in self.steps])
+        try:
+            codes = session.acknowledged([msg.data for _what, msg, _fine in self.steps])
+        except BaseException:
+            forget_thread_socket()  # unread acknowledgements would answer the next batch
+            raise
         return [f"{what}: {os.strerror(code)}"
                 for (what, _msg, present_is_fine), code in zip(self.steps, codes)
                 if code and not (present_is_fine and code == EEXIST)]
@@ -165,9 +169,10 @@ def restore(index: int, original: NicState) -> list[str]:
     link, af_spec = found
     down = not link.up
     links = Batch()
+    set_down = f"admin state down to rename it {original.name}"
     if link.name != original.name:
         if link.up:  # dockerd hands it back down; a kernel-returned one may differ
-            links.add(f"name {original.name}", link_change(index, up=False), RTM_SETLINK, SET)
+            links.add(set_down, link_change(index, up=False), RTM_SETLINK, SET)
             down = True
         links.add(f"name {original.name}", link_change(index, {"IFLA_IFNAME": original.name}),
                   RTM_SETLINK, SET)
@@ -185,12 +190,19 @@ def restore(index: int, original: NicState) -> list[str]:
         links.add(", ".join(nla[len("IFLA_"):].lower() for nla in settings),
                   link_change(index, settings), RTM_SETLINK, SET)
     for altname in original.altnames:
-        if altname not in link.altnames:
+        if altname not in link.altnames:  # so "exists" means another link has it
             links.add(f"altname {altname}", altname_change(index, altname),
-                      RTM_NEWLINKPROP, ADD, present_is_fine=True)
+                      RTM_NEWLINKPROP, ADD)
     problems = links.send()
-    name = original.name if not any(p.startswith(f"name {original.name}:")
-                                    for p in problems) else link.name
+    failed = {problem.partition(":")[0] for problem in problems}
+    name = link.name if f"name {original.name}" in failed else original.name
+    if set_down in failed:
+        down = not link.up
+    if link.mtu != original.mtu:
+        # A new MTU resets ipv6/mtu, and from under 1280 makes IPv6 anew:
+        # compare the sysctls with the settings as they are now.
+        now = rtnl.get_link_settings(index)
+        af_spec = now[1] if now is not None else None
     problems += write_sysctls(name, original.sysctls, af_spec)
     rest = Batch()
     for address in original.addresses:
@@ -246,7 +258,7 @@ def write_sysctls(name: str, sysctls: tuple[tuple[str, str], ...],
                   af_spec: bytes | None = None) -> list[str]:
     """Write back the per-device sysctls that differ (a namespace move resets
     them all to the namespace's defaults); ``af_spec``: the link message's
-    settings, read before a rename (a rename changes none of them)."""
+    settings as they are now (a rename changes none of them; an MTU does)."""
     problems = []
     now = dict(read_sysctls(name, af_spec))
     for key, value in sysctls:

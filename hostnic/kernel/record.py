@@ -70,9 +70,11 @@ def _entries(family: str, directory: str) -> tuple[str, ...]:
     names = _ENTRIES.get(key)
     if names is None:
         try:
-            names = _ENTRIES[key] = tuple(sorted(os.listdir(directory)))
+            names = tuple(sorted(os.listdir(directory)))
         except FileNotFoundError:
             return ()  # no IPv6 on this host, say
+        if names:  # (a link being torn down can show an empty directory)
+            _ENTRIES[key] = names
     return names
 
 

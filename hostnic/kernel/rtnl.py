@@ -21,7 +21,7 @@ import attrs
 from hostnic.state.model import Address, LinkInfo, Route
 
 NETLINK_ROUTE = 0
-NETLINK_GET_STRICT_CHK = 12
+NETLINK_CAP_ACK, NETLINK_GET_STRICT_CHK = 10, 12
 SOL_NETLINK = 270
 RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR = 0x1, 0x10, 0x100
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
@@ -47,6 +47,8 @@ IFADDRMSG = struct.Struct("=BBBBI")
 RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, proto, scope, type, flags
 RTATTR = struct.Struct("=HH")
 RECV_BUFFER = 1 << 20
+ACK_BUFFER = 1 << 16
+ACKS_PER_WRITE = 64  # a batch's acks wait in the socket's buffer until read
 
 
 @attrs.frozen
@@ -228,6 +230,8 @@ class Session:
                                   NETLINK_ROUTE)
         try:
             self.sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+            # An error's acknowledgement without the request echoed back.
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
             self.sock.bind((0, 0))
         except BaseException:
             self.sock.close()
@@ -243,13 +247,24 @@ class Session:
 
     def acknowledged(self, requests: list[bytes]) -> list[int]:
         """Send encoded requests that each ask for an acknowledgement (their
-        sequence numbers from ``next_sequence``) in one write; the kernel
-        runs them in order. Returns each one's errno, 0 for done."""
+        sequence numbers from ``next_sequence``), the kernel running them in
+        order; returns each one's errno, 0 for done. They go out in writes of
+        at most ACKS_PER_WRITE, each write's acknowledgements read before the
+        next: the kernel queues them all before the first is read, and more
+        than the socket's buffer holds would be lost (ENOBUFS). A caller that
+        meets an exception here must not use the session again: unread
+        acknowledgements may be left in it."""
+        codes: list[int] = []
+        for start in range(0, len(requests), ACKS_PER_WRITE):
+            codes += self._acknowledged(requests[start:start + ACKS_PER_WRITE])
+        return codes
+
+    def _acknowledged(self, requests: list[bytes]) -> list[int]:
         codes: dict[int, int] = {}
         wanted = {NLMSGHDR.unpack_from(raw)[3] for raw in requests}
         self.sock.send(b"".join(requests))
         while wanted - codes.keys():
-            data = self.sock.recv(RECV_BUFFER)
+            data = self.sock.recv(ACK_BUFFER)
             offset = 0
             while offset + NLMSGHDR.size <= len(data):
                 length, msg_type, _flags, sequence, _pid = NLMSGHDR.unpack_from(data, offset)
@@ -322,12 +337,12 @@ def _one_link(body: bytes, on: Session | None, settings: list[bytes] | None
 
 
 def get_link_settings(index: int, on: Session | None = None
-                      ) -> tuple[LinkInfo, bytes] | None:
-    """One link and its raw IFLA_AF_SPEC (b"" if the kernel sent none), by
-    index; None if there is none."""
+                      ) -> tuple[LinkInfo, bytes | None] | None:
+    """One link and its raw IFLA_AF_SPEC (None if the kernel sent none), by
+    index; None if there is no such link."""
     settings: list[bytes] = []
     link = _one_link(IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0), on, settings)
-    return None if link is None else (link, settings[0] if settings else b"")
+    return None if link is None else (link, settings[0] if settings else None)
 
 
 def addresses_of(index: int, on: Session | None = None) -> tuple[Address, ...]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+
+import attrs
 import os
 import socket
 import subprocess
@@ -155,6 +157,60 @@ class NetlinkTests(NetnsTestCase):
         self.assertIn("name ens8", problems[0])
         self.assertIn((socket.AF_INET, "10.6.0.6", 24),
                       [a.key for a in host_read_state(link.index).addresses])
+
+    def test_a_thousand_routes_come_back_and_the_next_change_still_works(self) -> None:
+        """More acknowledgements than a socket's buffer holds: a batch goes
+        out in slices, each read before the next, and nothing is left to
+        answer the next change."""
+        mac = self.veth("ens9")
+        ip("-n", self.ns, "link", "set", "ens9", "up")
+        ip("-n", self.ns, "addr", "add", "10.5.0.5/24", "dev", "ens9")
+        import subprocess
+        batch = "".join(f"route add 10.{100 + i // 250}.{i % 250}.0/24 via 10.5.0.1 dev ens9\n"
+                        for i in range(1000))
+        subprocess.run(["ip", "-n", self.ns, "-batch", "-"], input=batch.encode(), check=True)
+        link = rtnl.get_link(name="ens9")
+        assert link is not None
+        original = host_read_state(link.index)
+        self.assertEqual(len(original.routes), 1000)
+        back = self.lend_and_get_back(link.index, mac)
+        self.assertEqual(changes.restore(back.index, original), [])
+        self.assertEqual(len(host_read_state(back.index).routes), 1000)
+        # Routes the kernel refuses (a gateway off every subnet now): 1,000 errors.
+        ip("-n", self.ns, "addr", "flush", "dev", "ens9")
+        problems = changes.restore(back.index, attrs.evolve(original, addresses=()))
+        self.assertEqual(len(problems), 1000)
+        changes.rename(back.index, "hnnext")  # the same thread's socket, still in step
+        self.assertEqual(rtnl.get_link(index=back.index).name, "hnnext")  # type: ignore[union-attr]
+
+    def test_an_mtu_set_back_leaves_the_ipv6_mtu_as_recorded(self) -> None:
+        mac = self.veth("ens9")
+        ip("-n", self.ns, "link", "set", "ens9", "mtu", "9000")
+        with open("/proc/sys/net/ipv6/conf/ens9/mtu", "w") as f:
+            f.write("1500")
+        link = rtnl.get_link(name="ens9")
+        assert link is not None
+        original = host_read_state(link.index)
+        self.assertIn(("ipv6/mtu", "1500"), original.sysctls)
+        back = self.lend_and_get_back(link.index, mac)
+        ip("-n", self.ns, "link", "set", "hntransit", "mtu", "1500")  # as a container left it
+        self.assertEqual(changes.restore(back.index, original), [])
+        now = host_read_state(back.index)
+        self.assertEqual((now.mtu, dict(now.sysctls)["ipv6/mtu"]), (9000, "1500"))
+
+    def test_an_altname_another_link_took_is_reported(self) -> None:
+        mac = self.veth("ens9")
+        ip("-n", self.ns, "link", "property", "add", "dev", "ens9", "altname", "uplink0")
+        link = rtnl.get_link(name="ens9")
+        assert link is not None
+        original = host_read_state(link.index)
+        back = self.lend_and_get_back(link.index, mac)
+        ip("-n", self.ns, "link", "property", "del", "dev", "hntransit", "altname", "uplink0")
+        self.veth("other0")
+        ip("-n", self.ns, "link", "property", "add", "dev", "other0", "altname", "uplink0")
+        problems = changes.restore(back.index, original)
+        self.assertEqual(len(problems), 1, problems)
+        self.assertIn("altname uplink0", problems[0])
 
     def test_the_host_default_is_the_main_tables_best_of_each_family(self) -> None:
         for dev, prefix in (("mgmt0", "10.7.0"), ("ten0", "10.8.0"), ("ten1", "10.9.0"),
