@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 from hostnic.ctl import UnixHTTPConnection
 
@@ -74,6 +74,21 @@ class KeptAlive:
             self.connection = None
 
 
+def first_answer(sock: str, proc: "subprocess.Popen[bytes]", started: float,
+                 failed: Callable[[], str]) -> float:
+    """Seconds from ``started`` to the first answered Plugin.Activate on
+    ``sock``; exits with ``failed()`` if the server dies or a minute passes."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            post(sock, "/Plugin.Activate", None)
+            return time.perf_counter() - started
+        except TRANSPORT:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit(failed())
+            time.sleep(0.002)
+
+
 def percentile(samples: list[float], fraction: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -111,15 +126,8 @@ class BenchHost:
              "--state-dir", os.path.join(self.work, "state"),
              "--admin", f"unix:{self.admin}:lockfile=1"],
             stdout=open(os.path.join(self.work, "log"), "ab"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                post(self.sock, "/Plugin.Activate", None)
-                return time.perf_counter() - started
-            except TRANSPORT:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise SystemExit("hostnic did not start: " + self.log()[-2000:])
-                time.sleep(0.002)
+        return first_answer(self.sock, self.proc, started,
+                            lambda: "hostnic did not start: " + self.log()[-2000:])
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from bench.host import TRANSPORT, TWISTD, BenchHost, post
+from bench.host import TWISTD, BenchHost, first_answer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROTOTYPE = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "seed", "prototype.py"))
@@ -60,15 +60,8 @@ class Reference:
         self.proc = subprocess.Popen(["ip", "netns", "exec", self.host.netns, *command], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                post(self.sock, "/Plugin.Activate", None)
-                return time.perf_counter() - started
-            except TRANSPORT:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise SystemExit(f"the {self.kind} reference did not start")
-                time.sleep(0.002)
+        return first_answer(self.sock, self.proc, started,
+                            lambda: f"the {self.kind} reference did not start")
 
     def rss_mib(self) -> float:
         """Resident memory of the server's processes (gunicorn's master and worker)."""
