@@ -149,3 +149,80 @@ class LimitTests(SiteTestCase):
         clients[0].close()
         self.assertIsNotNone(Client(site).protocol)
         self.assertEqual(site.refused["connections"], 1)
+
+
+class Gated(Resource):
+    """Each call waits until the test opens its gate (a call in a thread)."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: list[Any] = []
+
+    def render(self, request: Any) -> Any:
+        from twisted.web.server import NOT_DONE_YET
+        self.started.append(request)
+        return NOT_DONE_YET
+
+    def open(self, n: int) -> None:
+        request = self.started[n]
+        request.write(json.dumps({"call": n}).encode())
+        request.finish()
+
+
+class InFlightTests(SiteTestCase):
+    """At most ``max_in_flight`` calls run at once; the rest wait, whole, in
+    arrival order, and each runs when one before it is answered or its
+    client is gone."""
+
+    CALL = b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}"
+
+    def hang_up(self, client: Client) -> None:
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+        assert client.protocol is not None
+        client.protocol.connectionLost(Failure(ConnectionDone()))
+
+    def test_calls_past_the_limit_wait_their_turn(self) -> None:
+        gated = Gated()
+        site = self.site(gated, max_in_flight=2)
+        clients = [Client(site) for _ in range(4)]
+        for client in clients:
+            client.send(self.CALL)
+        self.assertEqual(len(gated.started), 2)  # two run, two wait
+        gated.open(0)
+        self.assertEqual(clients[0].answer(), (200, {"call": 0}))
+        self.assertEqual(len(gated.started), 2)  # the next runs on the reactor's next turn
+        self.clock.advance(0)
+        self.assertEqual(len(gated.started), 3)
+        self.hang_up(clients[1])  # a client gone frees its call's place
+        self.clock.advance(0)
+        self.assertEqual(len(gated.started), 4)
+        self.assertIs(gated.started[3].channel, clients[3].protocol)  # in arrival order
+        for n in (2, 3):
+            gated.open(n)
+        self.assertEqual(clients[3].answer(), (200, {"call": 3}))
+        self.assertEqual(site.in_flight, 0)
+
+    def test_a_call_whose_client_left_while_it_waited_never_begins(self) -> None:
+        gated = Gated()
+        site = self.site(gated, max_in_flight=1)
+        first, second, third = Client(site), Client(site), Client(site)
+        for client in (first, second, third):
+            client.send(self.CALL)
+        self.hang_up(second)
+        gated.open(0)
+        self.clock.advance(0)
+        self.clock.advance(0)
+        self.assertEqual(len(gated.started), 2)  # the first and the third
+        self.assertIs(gated.started[1].channel, third.protocol)
+        gated.open(1)
+        self.assertEqual(site.in_flight, 0)
+
+    def test_no_limit_where_none_is_set(self) -> None:
+        gated = Gated()
+        site = self.site(gated)
+        for _ in range(20):
+            Client(site).send(self.CALL)
+        self.assertEqual(len(gated.started), 20)

@@ -14,10 +14,15 @@ wear down.
   available.
 - A call runs to its end even if its client hangs up (``shielded``), and a
   stop lets the calls under way finish and be answered (``drain``).
+- Where ``max_in_flight`` is set, at most that many calls run at once; the
+  others wait, whole, in arrival order (one whose client hangs up while it
+  waits never begins). The reactor's turns stay short, so the other
+  endpoint (the admin API) answers promptly while many calls run.
 """
 
 from __future__ import annotations
 
+import collections
 import io
 import json
 from typing import Any, Callable, Coroutine, TypeVar
@@ -80,6 +85,7 @@ class Limits:
     max_body: int = 1 << 20  # dockerd's requests are a few KiB
     max_connections: int = 256
     request_seconds: float = 30.0
+    max_in_flight: int | None = None
 
 
 class GuardedRequest(server.Request):
@@ -137,6 +143,19 @@ class GuardedRequest(server.Request):
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self.refused:
             return  # answered already; the connection is closing
+        channel: Any = self.channel
+        site: GuardedSite = channel.site
+        site.admit(lambda: self._run(site, command, path, version))
+
+    def _run(self, site: "GuardedSite", command: bytes, path: bytes, version: bytes) -> None:
+        if self.channel is None:
+            # Its client hung up while it waited: it never began (as if
+            # hostnic had stopped before reading it), and its place is free.
+            site.release()
+            return
+        # Its place is free once it is answered or its client is gone (the
+        # call itself runs to its end: ``shielded``).
+        self.notifyFinish().addBoth(site.release)
         super().requestReceived(command, path, version)
 
     def processingFailed(self, reason: Failure) -> Any:
@@ -249,6 +268,8 @@ class GuardedSite(server.Site):
         self.limits = limits
         self.authorize = authorize
         self.open_connections = 0
+        self.in_flight = 0
+        self.waiting: collections.deque[Callable[[], None]] = collections.deque()
         self.refused: dict[str, int] = {}
         self.channels: set[GuardedChannel] = set()
         self.draining = False
@@ -260,6 +281,22 @@ class GuardedSite(server.Site):
                                      f"the most this endpoint serves")
             return None  # the port closes the new connection at once
         return super().buildProtocol(addr)
+
+    def admit(self, run: Callable[[], None]) -> None:
+        """Run a whole request now, or once a running one is done."""
+        limit = self.limits.max_in_flight
+        if limit is not None and self.in_flight >= limit:
+            self.waiting.append(run)
+            return
+        self.in_flight += 1
+        run()
+
+    def release(self, result: Any = None) -> None:
+        self.in_flight -= 1
+        if self.waiting:
+            self.in_flight += 1
+            # On the next turn: the answer just finished goes out first.
+            self.reactor.callLater(0, self.waiting.popleft())
 
     def note(self, kind: str, what: str) -> None:
         """Count a refusal; log the first of each kind and then every 100th

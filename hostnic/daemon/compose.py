@@ -30,6 +30,11 @@ from hostnic.state.store import COMPACT_EVERY, RunInThread, StateStore
 
 DRIVER_CONNECTIONS = 512  # dockerd opens one per call; hundreds of parallel starts fit
 ADMIN_CONNECTIONS = 64
+# Driver calls run at most this many at once (the rest wait, whole, in order):
+# they share one netlink thread and one journal, so more at once only makes
+# the reactor's turns longer, and the admin API waits behind them (its
+# status p99 under 32 callers: 34 ms uncapped, 12 ms at 6, 20 ms at 12).
+DRIVER_CALLS_AT_ONCE = 6
 
 
 @attrs.frozen
@@ -102,7 +107,8 @@ class Daemon:
         return {
             "driver": GuardedSite(self.driver.app.resource(), driver_refusal,
                                   Limits(max_connections=DRIVER_CONNECTIONS,
-                                         request_seconds=timeout), reactor=reactor),
+                                         request_seconds=timeout,
+                                         max_in_flight=DRIVER_CALLS_AT_ONCE), reactor=reactor),
             "admin": GuardedSite(admin.app.resource(), jsonrpc_refusal,
                                  Limits(max_connections=ADMIN_CONNECTIONS,
                                         request_seconds=timeout),
