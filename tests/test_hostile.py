@@ -226,6 +226,8 @@ class HostileClientTests(CoreTestCase):
                 self.check_rpc(status, answer, f"request {i}: {raw[:300]!r}")
                 sent["admin"] += 1
         self.assertGreater(min(sent.values()), 500)
+        # Every driver call was answered or refused: none holds or waits for a place.
+        self.assertEqual((self.driver.in_flight, len(self.driver.waiting)), (0, 0))
         self.assertEqual(self.disk_bytes(), before)
         self.assertEqual(set(self.core.state.networks), {NET})
         self.assertEqual(set(self.core.state.claims), {EP})

@@ -226,3 +226,22 @@ class InFlightTests(SiteTestCase):
         for _ in range(20):
             Client(site).send(self.CALL)
         self.assertEqual(len(gated.started), 20)
+
+    def test_a_pipelined_call_waiting_its_turn_is_not_taken_for_a_slow_client(self) -> None:
+        gated = Gated()
+        site = self.site(gated, max_in_flight=1, request_seconds=5)
+        other, pipelining = Client(site), Client(site)
+        other.send(self.CALL)  # holds the one place
+        pipelining.send(self.CALL + self.CALL)
+        self.assertEqual(len(gated.started), 1)
+        gated.open(0)
+        self.clock.advance(0)  # the pipelining client's first call runs
+        gated.open(1)  # answered: its second call, read already, waits its turn
+        self.clock.advance(0)
+        self.clock.advance(10)  # longer than a client may take to send a request
+        self.assertFalse(pipelining.transport.disconnecting)
+        self.assertEqual(len(gated.started), 3)
+
+    def test_at_least_one_call_at_once(self) -> None:
+        with self.assertRaises(ValueError):
+            Limits(max_in_flight=0)

@@ -14,10 +14,12 @@ wear down.
   available.
 - A call runs to its end even if its client hangs up (``shielded``), and a
   stop lets the calls under way finish and be answered (``drain``).
-- Where ``max_in_flight`` is set, at most that many calls run at once; the
-  others wait, whole, in arrival order (one whose client hangs up while it
-  waits never begins). The reactor's turns stay short, so the other
-  endpoint (the admin API) answers promptly while many calls run.
+- Where ``max_in_flight`` is set, at most that many calls are under way for
+  connected clients; the others wait, whole, in arrival order (one whose
+  client hangs up while it waits never begins; one whose client hangs up
+  while it runs still runs to its end, but no longer holds a place). The
+  reactor's turns stay short, so the other endpoint (the admin API) answers
+  promptly while many calls run.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ class Limits:
     max_body: int = 1 << 20  # dockerd's requests are a few KiB
     max_connections: int = 256
     request_seconds: float = 30.0
-    max_in_flight: int | None = None
+    max_in_flight: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))
 
 
 class GuardedRequest(server.Request):
@@ -239,7 +242,10 @@ class GuardedChannel(http.HTTPChannel):
         if self.site.draining:
             self.persistent = False  # answered: now close
         super().requestDone(request)
-        if self.persistent and self.transport is not None and not self.transport.disconnecting:
+        # (A pipelined request already read is under way or waiting its turn:
+        # its time is not the client's.)
+        if (self.persistent and self.transport is not None
+                and not self.transport.disconnecting and not self._handlingRequest):
             self._start_deadline()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
