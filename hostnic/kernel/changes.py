@@ -11,6 +11,7 @@ this module is loaded on the first change, in that thread, not at start-up.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -20,16 +21,14 @@ from hostnic.errors import HostError
 from hostnic.kernel import record, rtnl
 from hostnic.kernel.messages import ifaddrmsg, ifinfmsg, rtmsg
 from hostnic.kernel.record import read_sysctls
-from hostnic.state.model import AF_INET, USER_ADDRESS_FLAGS, Address, NicState, Route
+from hostnic.kernel.rtnl import NLM_F_REQUEST, RTM_NEWADDR, RTM_NEWROUTE
+from hostnic.state.model import AF_INET, IFF_UP, USER_ADDRESS_FLAGS, Address, NicState, Route
 
-EEXIST = 17
-IFF_UP = 0x1
-RTM_SETLINK, RTM_NEWADDR, RTM_NEWROUTE, RTM_NEWLINKPROP = 19, 20, 24, 108
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
+RTM_SETLINK, RTM_NEWLINKPROP = 19, 108
+NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x4, 0x200, 0x400
 ADD = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
 SET = NLM_F_REQUEST | NLM_F_ACK
 RT_TABLE_COMPAT = 252  # the header's table when RTA_TABLE holds one above 255
-FOREVER = 0xFFFFFFFF
 _local = threading.local()
 
 
@@ -50,8 +49,8 @@ def forget_thread_socket() -> None:
 
 
 class Batch:
-    """Change requests sent together; ``send`` returns what failed, a
-    sentence per step (an address or route already there counts as made)."""
+    """Change requests sent together; ``send`` returns the steps that failed,
+    with their errno (an address or route already there counts as made)."""
 
     def __init__(self) -> None:
         self.steps: list[tuple[str, Any, bool]] = []
@@ -62,7 +61,14 @@ class Batch:
         msg["header"]["flags"] = flags
         self.steps.append((what, msg, present_is_fine))
 
-    def send(self) -> list[str]:
+    def rename(self, what: str, index: int, name: str, up: bool) -> None:
+        """Set the link down if it is up (the kernel renames only a link that
+        is down), then rename it; both steps are ``what``."""
+        if up:
+            self.add(what, link_change(index, up=False), RTM_SETLINK, SET)
+        self.add(what, link_change(index, {"IFLA_IFNAME": name}), RTM_SETLINK, SET)
+
+    def send(self) -> list[tuple[str, int]]:
         if not self.steps:
             return []
         session = _session()
@@ -74,9 +80,12 @@ class Batch:
         except BaseException:
             forget_thread_socket()  # unread acknowledgements would answer the next batch
             raise
-        return [f"{what}: {os.strerror(code)}"
-                for (what, _msg, present_is_fine), code in zip(self.steps, codes)
-                if code and not (present_is_fine and code == EEXIST)]
+        return [(what, code) for (what, _msg, present_is_fine), code in zip(self.steps, codes)
+                if code and not (present_is_fine and code == errno.EEXIST)]
+
+
+def sentences(failed: list[tuple[str, int]]) -> list[str]:
+    return [f"{what}: {os.strerror(code)}" for what, code in failed]
 
 
 def link_change(index: int, attrs: dict[str, Any] | None = None,
@@ -98,59 +107,71 @@ def altname_change(index: int, altname: str) -> Any:
     return msg
 
 
+def remaining(address: Address, recorded_at: float) -> tuple[int, int] | None:
+    """A lease's remaining (valid, preferred) lifetimes; None if it ran out."""
+    assert address.valid is not None
+    elapsed = int(time.time() - recorded_at) if recorded_at else 0
+    valid = address.valid - elapsed
+    if valid <= 0:
+        return None
+    return valid, max(0, min(valid, (address.preferred or 0) - elapsed))
+
+
 def address_change(index: int, address: Address, recorded_at: float) -> Any | None:
     """The request that adds a recorded address back, keeping a lease's
     remaining lifetimes; None if the lease ran out."""
-    options = lifetimes(address, recorded_at)
-    if options is None:
-        return None
-    flags = address.flags & USER_ADDRESS_FLAGS
-    msg = ifaddrmsg()
-    msg["family"], msg["prefixlen"], msg["index"] = address.family, address.prefixlen, index
-    msg["flags"] = flags & 0xFF
     attrs: list[tuple[str, Any]] = [("IFA_ADDRESS", address.address)]
     if address.family == AF_INET:
         attrs.append(("IFA_LOCAL", address.address))
-    if "label" in options:
-        attrs.append(("IFA_LABEL", options["label"]))
-    if "broadcast" in options:
-        attrs.append(("IFA_BROADCAST", options["broadcast"]))
-    if "valid_lft" in options:
-        attrs.append(("IFA_CACHEINFO", {"ifa_preferred": options["preferred_lft"],
-                                        "ifa_valid": options["valid_lft"],
+    if address.label:
+        attrs.append(("IFA_LABEL", address.label))
+    if address.broadcast:
+        attrs.append(("IFA_BROADCAST", address.broadcast))
+    if address.valid is not None:
+        lease = remaining(address, recorded_at)
+        if lease is None:
+            return None
+        attrs.append(("IFA_CACHEINFO", {"ifa_valid": lease[0], "ifa_preferred": lease[1],
                                         "cstamp": 0, "tstamp": 0}))
-    attrs.append(("IFA_FLAGS", flags))
+    flags = address.flags & USER_ADDRESS_FLAGS
+    attrs.append(("IFA_FLAGS", flags))  # all 32 bits; the header holds the low 8
+    msg = ifaddrmsg()
+    msg["family"], msg["prefixlen"], msg["index"] = address.family, address.prefixlen, index
+    msg["flags"] = flags & 0xFF
     msg["attrs"] = attrs
     return msg
 
 
 def route_change(route: Route, index: int) -> Any:
     msg = rtmsg()
-    options = route_options(route, index)
-    for field in ("family", "dst_len", "proto", "scope", "type"):
-        msg[field] = options[field]
+    msg["family"], msg["dst_len"], msg["type"] = route.family, route.dst_len, route.type
+    msg["proto"], msg["scope"] = route.protocol, route.scope
     msg["table"] = route.table if route.table < 256 else RT_TABLE_COMPAT
     attrs: list[tuple[str, Any]] = [("RTA_TABLE", route.table), ("RTA_OIF", index)]
-    for key, nla in (("dst", "RTA_DST"), ("gateway", "RTA_GATEWAY"),
-                     ("priority", "RTA_PRIORITY"), ("prefsrc", "RTA_PREFSRC")):
-        if key in options:
-            attrs.append((nla, options[key]))
+    for nla, value in (("RTA_DST", route.dst), ("RTA_GATEWAY", route.gateway),
+                       ("RTA_PRIORITY", route.priority), ("RTA_PREFSRC", route.prefsrc)):
+        if value is not None:
+            attrs.append((nla, value))
     msg["attrs"] = attrs
     return msg
 
 
 def rename(index: int, name: str, up: bool = True) -> None:
     """Set the link down (unless it is already) and rename it, in one batch
-    (the kernel refuses to rename an up link; if the rename fails, the link
-    stays down: the caller restores it)."""
+    (if the rename fails, the link stays down: the caller restores it)."""
     batch = Batch()
-    if up:
-        batch.add("down", link_change(index, up=False), RTM_SETLINK, SET)
-    batch.add("rename", link_change(index, {"IFLA_IFNAME": name}), RTM_SETLINK, SET)
-    problems = batch.send()
-    if problems:
+    batch.rename("rename", index, name, up)
+    failed = batch.send()
+    if failed:
         raise HostError(f"could not rename interface {index} to {name}: "
-                        f"{problems[0].partition(': ')[2]}")
+                        f"{os.strerror(failed[0][1])}")
+
+
+def _link_settings(index: int) -> tuple[Any, bytes | None]:
+    found = rtnl.get_link_settings(index, _session())
+    if found is None:
+        raise HostError(f"interface {index} vanished from the host")
+    return found
 
 
 def restore(index: int, original: NicState) -> list[str]:
@@ -163,19 +184,11 @@ def restore(index: int, original: NicState) -> list[str]:
     admin state, and the routes (the kernel takes a route only through a
     link that is up).
     """
-    found = rtnl.get_link_settings(index)
-    if found is None:
-        raise HostError(f"interface {index} vanished from the host")
-    link, af_spec = found
-    down = not link.up
+    link, _ = _link_settings(index)
     links = Batch()
-    set_down = f"admin state down to rename it {original.name}"
     if link.name != original.name:
-        if link.up:  # dockerd hands it back down; a kernel-returned one may differ
-            links.add(set_down, link_change(index, up=False), RTM_SETLINK, SET)
-            down = True
-        links.add(f"name {original.name}", link_change(index, {"IFLA_IFNAME": original.name}),
-                  RTM_SETLINK, SET)
+        # (dockerd hands it back down; a kernel-returned one may differ)
+        links.rename(f"name {original.name}", index, original.name, link.up)
     if link.mtu != original.mtu:
         links.add(f"mtu {original.mtu}", link_change(index, {"IFLA_MTU": original.mtu}),
                   RTM_SETLINK, SET)
@@ -193,17 +206,12 @@ def restore(index: int, original: NicState) -> list[str]:
         if altname not in link.altnames:  # so "exists" means another link has it
             links.add(f"altname {altname}", altname_change(index, altname),
                       RTM_NEWLINKPROP, ADD)
-    problems = links.send()
-    failed = {problem.partition(":")[0] for problem in problems}
-    name = link.name if f"name {original.name}" in failed else original.name
-    if set_down in failed:
-        down = not link.up
-    if link.mtu != original.mtu:
-        # A new MTU resets ipv6/mtu, and from under 1280 makes IPv6 anew:
-        # compare the sysctls with the settings as they are now.
-        now = rtnl.get_link_settings(index)
-        af_spec = now[1] if now is not None else None
-    problems += write_sysctls(name, original.sysctls, af_spec)
+    failed = links.send()
+    # The link as it is now: its name (if the rename failed, the old one),
+    # its admin state, and its settings (a new MTU resets ipv6/mtu, and from
+    # under 1280 makes IPv6 anew).
+    link, af_spec = _link_settings(index)
+    problems = sentences(failed) + write_sysctls(link.name, original.sysctls, af_spec)
     rest = Batch()
     for address in original.addresses:
         if address.privacy:
@@ -214,44 +222,14 @@ def restore(index: int, original: NicState) -> list[str]:
                             f"(the host's DHCP client will ask again)")
             continue
         rest.add(f"address {address}", msg, RTM_NEWADDR, ADD, present_is_fine=True)
-    if original.up and down:
+    if original.up and not link.up:
         rest.add("admin state up", link_change(index, up=True), RTM_SETLINK, SET)
     for route in original.routes:
         rest.add(f"route {route}", route_change(route, index), RTM_NEWROUTE, ADD,
                  present_is_fine=True)
-    if not original.up and not down:
+    if not original.up and link.up:
         rest.add("admin state down", link_change(index, up=False), RTM_SETLINK, SET)
-    return problems + rest.send()
-
-
-def lifetimes(address: Address, recorded_at: float) -> dict[str, Any] | None:
-    """The add options that keep a lease's remaining lifetimes; None if it ran out."""
-    options: dict[str, Any] = {}
-    if address.label:
-        options["label"] = address.label
-    if address.broadcast:
-        options["broadcast"] = address.broadcast
-    if address.valid is None:
-        return options
-    elapsed = int(time.time() - recorded_at) if recorded_at else 0
-    valid = address.valid - elapsed
-    if valid <= 0:
-        return None
-    preferred = max(0, min(valid, (address.preferred or 0) - elapsed))
-    return {**options, "valid_lft": valid, "preferred_lft": preferred}
-
-
-def route_options(route: Route, index: int) -> dict[str, Any]:
-    options: dict[str, Any] = {
-        "family": route.family, "dst_len": route.dst_len, "oif": index, "table": route.table,
-        "proto": route.protocol, "scope": route.scope, "type": route.type}
-    if route.dst is not None:
-        options["dst"] = route.dst
-    for key, value in (("gateway", route.gateway), ("priority", route.priority),
-                       ("prefsrc", route.prefsrc)):
-        if value is not None:
-            options[key] = value
-    return options
+    return problems + sentences(rest.send())
 
 
 def write_sysctls(name: str, sysctls: tuple[tuple[str, str], ...],
