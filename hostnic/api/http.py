@@ -172,8 +172,7 @@ class GuardedRequest(server.Request):
             self._held = None  # what the route wrote before failing is not the answer
             self.setResponseCode(500)
             self.setHeader(b"Content-Type", b"application/json")
-            self.setHeader(b"Content-Length", b"%d" % len(body))
-            self.write(body)
+            self.write(body)  # (finish() gives it its Content-Length)
         self.finish()
         return reason
 

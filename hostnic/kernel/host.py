@@ -90,8 +90,9 @@ def restore_link(index: int, original: NicState) -> list[str]:
 
 def find_links(nic: NicRef, transit_name: str | None) -> list[LinkInfo]:
     """The kernel's answer when the inventory is not current: the link wearing
-    the transit name, then every link with the NIC's MAC or permanent
-    address, from a dump (this happens only while the inventory recovers)."""
+    the transit name, then every link with the NIC's MAC, permanent address
+    or PCI address, from a dump (this happens only while the inventory
+    recovers)."""
     found = {}
     if transit_name is not None:
         link = rtnl.get_link(name=transit_name)

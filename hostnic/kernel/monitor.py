@@ -3,7 +3,8 @@ permanent address, PCI address and name, and every address by link, kept current
 netlink events so the request path neither dumps nor asks the kernel.
 
 A raw ``AF_NETLINK`` socket bound to the link and address groups is read on
-the reactor (it never blocks: it is drained until EAGAIN), decoded by
+the reactor (it never blocks: each turn reads a slice of what is queued, and
+the next turn reads on), decoded by
 ``hostnic.kernel.rtnl``'s small parser. Before a lookup the socket is drained, and
 the kernel queues an event before the change that caused it returns, so a
 drained inventory is the kernel's view: lookups need no confirming get. On
@@ -326,13 +327,15 @@ class LinkMonitor:
         turn, which comes again while more is queued."""
         if self._draining:
             return  # the drain under way reads on, then tells the listeners
+        emptied = True
         if self._sock is not None:
             self._draining = True
             try:
-                self._drain(self._sock, budget)
+                emptied = self._drain(self._sock, budget)
             finally:
                 self._draining = False
-        self._dispatch()
+        if emptied:  # (a burst read only in part is told once it is read whole)
+            self._dispatch()
 
     def _dispatch(self) -> None:
         # A listener may look a link up, and so drain: what that reads joins
@@ -347,24 +350,28 @@ class LinkMonitor:
         finally:
             self._dispatching = False
 
-    def _drain(self, sock: socket.socket, budget: int | None = None) -> None:
+    def _drain(self, sock: socket.socket, budget: int | None = None) -> bool:
+        """Apply what is queued (at most ``budget`` reads); False if the
+        budget ran out before the queue did."""
         reads = 0
-        while self._sock is sock and (budget is None or reads < budget):
+        while self._sock is sock:
+            if budget is not None and reads >= budget:
+                return False
             reads += 1
             try:
                 data = sock.recv(RECV_BUFFER)
             except BlockingIOError:
-                return
+                return True
             except OSError as e:
                 if e.errno == errno.ENOBUFS:
                     self.log.warn("netlink overflow: link events were lost; resyncing")
                     self.resync()
                     continue
                 self._recover(f"reading link events failed: {e}")
-                return
+                return True
             if not data:
                 self._recover("the netlink socket was closed")
-                return
+                return True
             for msg_type, value in parse_messages(data):
                 if msg_type in (RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_DELADDR):
                     if self._buffered is not None:
@@ -373,6 +380,7 @@ class LinkMonitor:
                         self._apply(msg_type, value)
                         if msg_type in (RTM_NEWLINK, RTM_DELLINK):
                             self._unheard.append((msg_type, value))
+        return True  # (the socket went: there is nothing more to read)
 
     def _notify(self, msg_type: int, link: LinkInfo) -> None:
         for listener in self.listeners:

@@ -425,12 +425,16 @@ class MonitorTurnTests(NetnsTestCase):
         import subprocess
         batch = "".join(f"link add s{i} type veth peer name t{i}\n" for i in range(150))
         subprocess.run(["ip", "-n", self.ns, "-batch", "-"], input=batch.encode(), check=True)
+        heard: list[str] = []
+        monitor.listeners.append(lambda msg_type, link: heard.append(link.name))
         before = len(monitor.inventory)
         monitor.doRead()  # one reactor turn
         after_one_turn = len(monitor.inventory)
         self.assertGreater(after_one_turn, before)
         self.assertLess(after_one_turn - before, 300)  # not the whole burst in one stretch
+        self.assertEqual(heard, [])  # listeners hear a burst once it is read whole
         monitor.drain()  # as a lookup does
         self.assertEqual(len(monitor.inventory), 301)
+        self.assertEqual(len(heard), 300)
         self.assertEqual({l.name for l in monitor.inventory.all()},
                          {l.name for l in dump_links()})
