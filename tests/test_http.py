@@ -88,6 +88,39 @@ class JSONSiteTests(SiteTestCase):
             self.assertIn(reason, str(self.assertRaises(NotJSON, loads, raw)))
 
 
+class Headers(Resource):
+    """Answers with the Content-Type it was sent and the form arguments
+    twisted.web found."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        request.content.read()
+        return json.dumps({"type": [t.decode() for t in
+                                    request.requestHeaders.getRawHeaders(b"content-type", [])],
+                           "args": sorted(k.decode() for k in request.args)}).encode()
+
+
+class ContentTypeTests(SiteTestCase):
+    """Both APIs read JSON bodies only: a POST body is never parsed as a form
+    (twisted.web would, through the email package, on every call), and a
+    route still sees the Content-Type it was sent."""
+
+    def test_a_form_body_is_not_parsed_and_the_route_sees_its_type(self) -> None:
+        import twisted.web.http as web_http
+
+        def refuse(ctype: bytes) -> bytes:
+            raise AssertionError("the Content-Type was parsed")
+        self.patch(web_http, "_parseContentType", refuse)
+        client = Client(self.site(Headers()))
+        body = b"a=1&b=2"
+        client.send(b"POST /x?q=1 HTTP/1.1\r\nHost: h\r\n"
+                    b"Content-Type: application/x-www-form-urlencoded\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        self.assertEqual(client.answer(), (200, {"type": ["application/x-www-form-urlencoded"],
+                                                 "args": ["q"]}))
+
+
 class LimitTests(SiteTestCase):
     def test_an_announced_oversized_body_is_refused_before_it_is_read(self) -> None:
         client = Client(self.site(Echo(), max_body=1000))
