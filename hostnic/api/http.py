@@ -27,7 +27,7 @@ from __future__ import annotations
 import collections
 import io
 import json
-from typing import Any, Callable, Coroutine, TypeVar
+from typing import Any, Callable, Coroutine, Sequence, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
@@ -94,7 +94,7 @@ class Limits:
 class GuardedRequest(server.Request):
     refused = False
     _held: list[bytes] | None = None
-    _content_type: list[bytes] | None = None
+    _content_type: Sequence[bytes] | None = None
 
     def write(self, data: bytes) -> None:
         # An answer is held until finish() and goes out whole, with a
