@@ -31,12 +31,12 @@ from typing import Any, Callable
 import attrs
 from twisted.internet.defer import Deferred, maybeDeferred
 
-from hostnic.core.ports import HostPort, HostSurvey
+from hostnic.core.ports import HostPort, HostSurvey, Sandbox
 from hostnic.errors import HostError
 from hostnic.kernel.host import uppers_of
 from hostnic.kernel.record import adoption
-from hostnic.state.model import (IFF_LOOPBACK, IFF_UP, Address, Adopted, LinkFacts, LinkInfo,
-                                  NicRef, NicState, Route, proven)
+from hostnic.state.model import (IFF_LOOPBACK, IFF_UP, Address, Adopted, Inside, LinkFacts,
+                                 LinkInfo, NicRef, NicState, Route, proven)
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
 
@@ -136,6 +136,13 @@ class FakeHost:
         self._next_index += 1
         self.links[link.index] = link
         self._event(link)
+        return link
+
+    def add_inside(self, where: str, name: str, mac: str, **kwargs: Any) -> FakeLink:
+        """A link appears inside a namespace (no host event)."""
+        link = FakeLink(self._next_index, name, mac, where=where, **kwargs)
+        self._next_index += 1
+        self.links[link.index] = link
         return link
 
     def rename_outside(self, link: FakeLink, name: str) -> None:
@@ -360,6 +367,84 @@ class FakeHost:
     async def namespace_exists(self, path: str) -> bool:
         await self._step("namespace_exists", path)
         return path in self.live_namespaces
+
+    def _inside(self, sandbox: Sandbox) -> list[FakeLink]:
+        return [l for l in self.links.values() if l.where == sandbox.key]
+
+    async def move_into(self, index: int, sandbox: Sandbox, name: str) -> LinkInfo:
+        # As sandbox.move_in: a name taken there is refused first; then the
+        # link moves (reset, as every move resets it) and is renamed there.
+        await self._step("move_into", (index, sandbox.key, name))
+        link = self._home_link(index)
+        if any(l.name == name for l in self._inside(sandbox)):
+            raise HostError(f"an interface named {name} exists in {sandbox.key} already")
+        self._change(link, "move_into")
+        link.leaves_namespace()
+        link.where, link.name = sandbox.key, name
+        self.live_namespaces.add(sandbox.key)
+        return link.info()
+
+    async def configure_in(self, sandbox: Sandbox, index: int, mtu: int | None,
+                           addresses: tuple[Address, ...], routes: tuple[Route, ...]) -> None:
+        await self._step("configure_in", (sandbox.key, index))
+        link = next((l for l in self._inside(sandbox) if l.index == index), None)
+        if link is None:
+            raise HostError(f"configuring interface {index} in {sandbox.key}: "
+                            f"No such device")
+        self._change(link, "configure_in")
+        if mtu is not None:
+            link.mtu = mtu
+        for address in addresses:
+            if any(a.key == address.key for a in link.addresses):
+                raise HostError(f"configuring interface {index} in {sandbox.key}: "
+                                f"address {address}: File exists")
+            link.addresses.append(address)
+        link.up = True
+        for route in routes:
+            if route in link.routes:
+                raise HostError(f"configuring interface {index} in {sandbox.key}: "
+                                f"route {route}: File exists")
+            link.routes.append(route)
+
+    async def look_in(self, sandbox: Sandbox, name: str) -> Inside | None:
+        await self._step("look_in", (sandbox.key, name))
+        link = next((l for l in self._inside(sandbox) if l.name == name), None)
+        if link is None:
+            return None
+        return Inside(link.info(), tuple(link.addresses), tuple(link.routes))
+
+    async def bring_home(self, sandbox: Sandbox, nic: NicRef, name: str, home_name: str,
+                         lent_index: int | None) -> LinkInfo | None:
+        # As sandbox.bring_home: the link under ``name`` if it proves to be the
+        # NIC, else any link there that does.
+        await self._step("bring_home", (sandbox.key, nic.mac))
+        inside = self._inside(sandbox)
+        named = [l.info() for l in inside if l.name == name]
+        found = proven(nic, named, lent_index) or proven(
+            nic, [l.info() for l in inside if nic.matches(l.mac, l.perm, l.pci)], lent_index)
+        if found is None:
+            return None
+        link = self.links[found.index]
+        # Renamed there first (down), then moved, which a name taken at home stops.
+        if any(l.name == home_name and l is not link for l in inside):
+            raise HostError(f"bringing NIC {nic.mac} home: renaming {link.name} to "
+                            f"{home_name} in {sandbox.key}: File exists")
+        self._change(link, "bring_home")
+        link.up, link.name = False, home_name
+        if self._host_name_taken(home_name, link.index):
+            raise HostError(f"moving {home_name} home from {sandbox.key}: an interface "
+                            f"of that name is there")
+        link.leaves_namespace()
+        link.where, link.name = "host", home_name
+        self._event(link)
+        return link.info()
+
+
+@attrs.frozen
+class FakeSandbox:
+    """A namespace handed over, by the path it was named by."""
+
+    key: str
 
 
 def _implements_the_port(host: FakeHost) -> HostPort:

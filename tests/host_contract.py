@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any, Coroutine, TypeVar
 import attrs
 from twisted.internet.defer import Deferred
 
-from hostnic.core.ports import HostPort
+from hostnic.core.ports import HostPort, Sandbox
 from hostnic.errors import HostError
-from hostnic.state.model import AF_INET6, IFA_F_TEMPORARY, Address, LinkInfo, NicRef, NicState
+from hostnic.state.model import (AF_INET, AF_INET6, IFA_F_TEMPORARY, Address, LinkInfo, NicRef,
+                                 NicState, Route)
 
 T = TypeVar("T")
 ABSENT = 999_999  # an interface index no test makes
@@ -77,6 +78,21 @@ class HostContract(Mixin):
 
     def events_delivered(self) -> None:
         """Let the reactor read what the kernel queued."""
+        raise NotImplementedError
+
+    def handed_sandbox(self) -> Sandbox:
+        """A fresh namespace, handed to hostnic as the CNI shim hands one."""
+        raise NotImplementedError
+
+    def link_inside(self, sandbox: Sandbox, name: str) -> None:
+        """Another link, named ``name``, made inside ``sandbox``."""
+        raise NotImplementedError
+
+    def rename_inside(self, sandbox: Sandbox, name: str, new: str) -> None:
+        raise NotImplementedError
+
+    def look_inside(self, sandbox: Sandbox, name: str) -> tuple[str, str, int, bool, list[str]]:
+        """As ``look``, inside ``sandbox``."""
         raise NotImplementedError
 
     # -- helpers -------------------------------------------------------------
@@ -256,3 +272,69 @@ class HostContract(Mixin):
         ens = self.nic("ens9")
         self.assertIsNone(ens.pci)  # a veth is on no device: it has no PCI address
         self.assertEqual(self.done(self.host.locate_pci("0000:7f:1f.7")), [])
+
+    # -- a namespace handed over (CNI) ------------------------------------------
+
+    def test_a_nic_moves_into_a_handed_namespace_is_configured_there_and_comes_home(self) -> None:
+        ens = self.nic("ens9", mtu=1400, up=True, addresses=("10.7.0.2/24",))
+        pod = self.handed_sandbox()
+        moved = self.done(self.host.move_into(ens.index, pod, "net1"))
+        # One step moves and renames it; like every move, it arrives down and bare.
+        self.assertEqual((moved.name, moved.mac, moved.mtu, moved.up),
+                         ("net1", ens.mac, 1400, False))
+        self.events_delivered()
+        self.assertIsNone(self.done(self.host.locate(self.nic_of(ens))))
+        self.assertEqual(self.look_inside(pod, "net1"), ("net1", ens.mac, 1400, False, []))
+        self.done(self.host.configure_in(
+            pod, moved.index, 1300, (Address(AF_INET, "10.8.0.5", 24),),
+            (Route(AF_INET, None, 0, "10.8.0.1"),)))
+        self.assertEqual(self.look_inside(pod, "net1"),
+                         ("net1", ens.mac, 1300, True, ["10.8.0.5/24"]))
+        inside = self.done(self.host.look_in(pod, "net1"))
+        assert inside is not None
+        self.assertEqual((inside.link.index, [a.cidr for a in inside.addresses],
+                          [(r.dst, r.gateway) for r in inside.routes]),
+                         (moved.index, ["10.8.0.5/24"], [(None, "10.8.0.1")]))
+        back = self.done(self.host.bring_home(pod, self.nic_of(ens), "net1", "hnback0", None))
+        self.assertEqual((back.name, back.mac) if back else None, ("hnback0", ens.mac))
+        self.events_delivered()
+        self.assertEqual(self.look("hnback0"), ("hnback0", ens.mac, 1300, False, []))
+        found = self.done(self.host.locate(self.nic_of(ens)))
+        self.assertEqual(found.name if found else None, "hnback0")
+        self.assertIsNone(self.done(self.host.look_in(pod, "net1")))
+        # Home already: nothing of it is left there to bring.
+        self.assertIsNone(self.done(self.host.bring_home(pod, self.nic_of(ens), "net1",
+                                                         "hnback0", None)))
+
+    def test_a_name_taken_in_the_handed_namespace_is_refused_before_the_nic_moves(self) -> None:
+        ens = self.nic("ens9", up=True, addresses=("10.7.0.2/24",))
+        pod = self.handed_sandbox()
+        self.link_inside(pod, "net1")
+        why = self.fails(self.host.move_into(ens.index, pod, "net1"))
+        self.assertIn("net1", why)
+        self.assertEqual(self.look("ens9"), ("ens9", ens.mac, 1500, True, ["10.7.0.2/24"]))
+
+    def test_only_the_nic_comes_home_and_it_is_found_renamed(self) -> None:
+        ens = self.nic("ens9")
+        pod = self.handed_sandbox()
+        self.done(self.host.move_into(ens.index, pod, "net1"))
+        self.rename_inside(pod, "net1", "eth5")  # the container renamed it
+        self.link_inside(pod, "net1")  # and something else wears its name
+        back = self.done(self.host.bring_home(pod, self.nic_of(ens), "net1", "hnback0", None))
+        self.assertEqual((back.name, back.mac) if back else None, ("hnback0", ens.mac))
+        self.assertIsNone(self.done(self.host.look_in(pod, "eth5")))
+        squatter = self.done(self.host.look_in(pod, "net1"))
+        self.assertNotEqual(squatter.link.mac if squatter else None, ens.mac)
+
+    def test_a_name_taken_at_home_keeps_the_nic_away_until_it_is_free(self) -> None:
+        ens = self.nic("ens9")
+        pod = self.handed_sandbox()
+        self.done(self.host.move_into(ens.index, pod, "net1"))
+        self.nic("hnback0")
+        why = self.fails(self.host.bring_home(pod, self.nic_of(ens), "net1", "hnback0", None))
+        self.assertIn("hnback0", why)
+        self.events_delivered()
+        self.assertIsNone(self.done(self.host.locate(self.nic_of(ens))))  # still there
+        self.rename_outside("hnback0", "other0")
+        back = self.done(self.host.bring_home(pod, self.nic_of(ens), "net1", "hnback0", None))
+        self.assertEqual((back.name, back.mac) if back else None, ("hnback0", ens.mac))

@@ -7,7 +7,8 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from hostnic.state.model import LinkInfo, NicRef
-from tests.fakes import FakeHost, FakeLink
+from hostnic.core.ports import Sandbox
+from tests.fakes import FakeHost, FakeLink, FakeSandbox
 from tests.host_contract import HostContract
 
 
@@ -70,6 +71,26 @@ class FakeHostContractTests(HostContract, SynchronousTestCase):
 
     def events_delivered(self) -> None:
         pass  # the fake tells its listeners at once
+
+    def handed_sandbox(self) -> Sandbox:
+        self.serial += 1
+        return FakeSandbox(f"/run/netns/pod{self.serial}")
+
+    def link_inside(self, sandbox: Sandbox, name: str) -> None:
+        self.serial += 1
+        self.fake.add_inside(sandbox.key, name, f"02:00:00:00:20:{self.serial:02x}")
+
+    def _inside(self, sandbox: Sandbox, name: str) -> FakeLink:
+        return next(l for l in self.fake.links.values() if l.where == sandbox.key
+                    and l.name == name)
+
+    def rename_inside(self, sandbox: Sandbox, name: str, new: str) -> None:
+        self._inside(sandbox, name).name = new
+
+    def look_inside(self, sandbox: Sandbox, name: str) -> tuple[str, str, int, bool, list[str]]:
+        link = self._inside(sandbox, name)
+        return (link.name, link.mac, link.mtu, link.up,
+                sorted(a.cidr for a in link.addresses if a.global_scope))
 
 
 class FakePciContractTests(SynchronousTestCase):

@@ -8,7 +8,8 @@ from typing import Callable, Mapping, Protocol
 
 import attrs
 
-from hostnic.state.model import Address, Adopted, LinkFacts, LinkInfo, NicRef, NicState
+from hostnic.state.model import (Address, Adopted, Inside, LinkFacts, LinkInfo, NicRef,
+                                 NicState, Route)
 
 
 @attrs.frozen
@@ -17,6 +18,13 @@ class HostSurvey:
     addresses: Mapping[int, list[Address]]  # by interface index
     pci: Mapping[str, str | None]  # by name: the PCI address of a NIC that has one
     management: set[int]  # the links the host's own default routes leave by
+
+
+class Sandbox(Protocol):
+    """A network namespace handed to hostnic by the process that may enter it
+    (a container's, for CNI); ``key`` is the path it was named by."""
+
+    key: str
 
 
 class HostPort(Protocol):
@@ -53,6 +61,23 @@ class HostPort(Protocol):
     async def restore(self, index: int, original: NicState) -> tuple[str, ...]:
         """Put a NIC back as recorded, step by step; returns what could not be."""
     async def namespace_exists(self, path: str) -> bool: ...
+    # A namespace handed over (CNI): hostnic moves the NIC itself.
+    async def move_into(self, index: int, sandbox: Sandbox, name: str) -> LinkInfo:
+        """Move host link ``index`` into ``sandbox`` as ``name``, in one step
+        (the kernel sets it down and resets its per-device settings to the
+        namespace's defaults); the link as it is there. A name taken there is
+        refused before the link moves."""
+    async def configure_in(self, sandbox: Sandbox, index: int, mtu: int | None,
+                           addresses: tuple[Address, ...], routes: tuple[Route, ...]) -> None:
+        """Give link ``index`` of ``sandbox`` its MTU, addresses, admin state
+        up and routes; HostError naming the first step that failed."""
+    async def look_in(self, sandbox: Sandbox, name: str) -> Inside | None:
+        """Link ``name`` of ``sandbox`` with its addresses and routes, or None."""
+    async def bring_home(self, sandbox: Sandbox, nic: NicRef, name: str, home_name: str,
+                         lent_index: int | None) -> LinkInfo | None:
+        """Move ``nic`` out of ``sandbox`` home as ``home_name`` (found under
+        ``name`` or, renamed there, by identity; only a link that proves to be
+        the NIC); the link as it is home, or None if the NIC is not there."""
     # For the admin view:
     def all_links(self) -> list[LinkInfo]: ...
     async def survey(self) -> HostSurvey:

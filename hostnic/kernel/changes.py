@@ -68,17 +68,22 @@ class Batch:
             self.add(what, link_change(index, up=False), RTM_SETLINK, SET)
         self.add(what, link_change(index, {"IFLA_IFNAME": name}), RTM_SETLINK, SET)
 
-    def send(self) -> list[tuple[str, int]]:
+    def send(self, on: rtnl.Session | None = None) -> list[tuple[str, int]]:
+        """On this thread's socket, or ``on`` (a namespace handed over)."""
         if not self.steps:
             return []
-        session = _session()
+        session = on or _session()
         for _what, msg, _fine in self.steps:
             msg["header"]["sequence_number"] = session.next_sequence()
             msg.encode()
         try:
             codes = session.acknowledged([msg.data for _what, msg, _fine in self.steps])
         except BaseException:
-            forget_thread_socket()  # unread acknowledgements would answer the next batch
+            # Unread acknowledgements would answer the next batch.
+            if on is None:
+                forget_thread_socket()
+            else:
+                on.close()
             raise
         return [(what, code) for (what, _msg, present_is_fine), code in zip(self.steps, codes)
                 if code and not (present_is_fine and code == errno.EEXIST)]

@@ -22,12 +22,12 @@ from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 
 from hostnic.errors import HostError, HostnicError
-from hostnic.core.ports import HostSurvey
+from hostnic.core.ports import HostSurvey, Sandbox
 from hostnic.kernel import record, rtnl
 from hostnic.kernel.monitor import LinkMonitor
 from hostnic.kernel.rtnl import RTM_NEWLINK
-from hostnic.state.model import (Adopted, LinkFacts, LinkInfo, NicRef, NicState, is_full_pci,
-                                 proven)
+from hostnic.state.model import (Address, Adopted, Inside, LinkFacts, LinkInfo, NicRef,
+                                 NicState, Route, is_full_pci, proven)
 
 Run = Callable[..., "Deferred[Any]"]
 
@@ -86,6 +86,12 @@ def rename_link(index: int, name: str, up: bool) -> None:
 def restore_link(index: int, original: NicState) -> list[str]:
     from hostnic.kernel import changes
     return changes.restore(index, original)
+
+
+def _in_sandbox(step: str, *args: Any) -> Any:
+    # As rename_link: the changes load pyroute2's message classes, on first use.
+    from hostnic.kernel import sandbox
+    return getattr(sandbox, step)(*args)
 
 
 def find_links(nic: NicRef, transit_name: str | None) -> list[LinkInfo]:
@@ -237,6 +243,28 @@ class NetlinkHost:
             path = os.path.join(self.netns_dir, os.path.basename(path))
         exists: bool = await self.run_in_thread(os.path.exists, path)
         return exists
+
+    async def move_into(self, index: int, sandbox: Sandbox, name: str) -> LinkInfo:
+        moved: LinkInfo = await self._change(f"moving interface {index} into {sandbox.key}",
+                                             _in_sandbox, "move_in", index, sandbox, name)
+        return moved
+
+    async def configure_in(self, sandbox: Sandbox, index: int, mtu: int | None,
+                           addresses: tuple[Address, ...], routes: tuple[Route, ...]) -> None:
+        await self._change(f"configuring interface {index} in {sandbox.key}", _in_sandbox,
+                           "configure", sandbox, index, mtu, addresses, routes)
+
+    async def look_in(self, sandbox: Sandbox, name: str) -> Inside | None:
+        inside: Inside | None = await self._change(
+            f"looking at {name} in {sandbox.key}", _in_sandbox, "look", sandbox, name)
+        return inside
+
+    async def bring_home(self, sandbox: Sandbox, nic: NicRef, name: str, home_name: str,
+                         lent_index: int | None) -> LinkInfo | None:
+        back: LinkInfo | None = await self._change(
+            f"bringing NIC {nic.mac} home from {sandbox.key}", _in_sandbox, "bring_home",
+            sandbox, nic, name, home_name, lent_index)
+        return back
 
     def all_links(self) -> list[LinkInfo]:
         self.monitor.drain()

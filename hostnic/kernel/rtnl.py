@@ -225,14 +225,18 @@ class Session:
     the next is sent (blocking: one thread). The kernel checks each request
     strictly and filters a dump by its header and attributes."""
 
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                  NETLINK_ROUTE)
+    def __init__(self, sock: socket.socket | None = None) -> None:
+        """A socket of its own in this thread's namespace, or ``sock``: an
+        unbound NETLINK_ROUTE socket made in another namespace (one handed
+        over, ``hostnic.kernel.sandbox``), whose requests act there."""
+        self.sock = sock or socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
         try:
             self.sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
             # An error's acknowledgement without the request echoed back.
             self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-            self.sock.bind((0, 0))
+            if self.sock.getsockname()[0] == 0:  # (a handed socket may be bound)
+                self.sock.bind((0, 0))
         except BaseException:
             self.sock.close()
             raise

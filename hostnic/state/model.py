@@ -310,6 +310,15 @@ class NicState:
 
 
 @attrs.frozen
+class Inside:
+    """A link as it is inside a namespace handed to hostnic (a CNI sandbox)."""
+
+    link: LinkInfo
+    addresses: tuple[Address, ...]
+    routes: tuple[Route, ...]  # not the kernel's own
+
+
+@attrs.frozen
 class Adopted:
     """A NIC's own configuration, as adopt mode hands it to a container.
     A Docker endpoint holds one IPv4 and one IPv6 address: the others of the

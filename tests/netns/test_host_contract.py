@@ -11,7 +11,8 @@ from typing import Any, Callable
 import pytest
 from twisted.internet.defer import Deferred
 
-from hostnic.kernel import rtnl
+from hostnic.core.ports import Sandbox
+from hostnic.kernel import rtnl, sandbox
 from hostnic.kernel.host import NetlinkHost
 from hostnic.kernel.monitor import LinkMonitor
 from hostnic.state.model import LinkInfo
@@ -26,6 +27,7 @@ class RealHostContractTests(HostContract, NetnsTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.held: list[tuple[Deferred[Any], Callable[[], Any]]] | None = None
+        self.pods: dict[str, str] = {}  # a handed sandbox's path: its namespace's name
         # The monitor's dumps can be held back, as a slow resync holds them.
         self.monitor = LinkMonitor(FakeReactor(), self.monitor_run)
         self.host = NetlinkHost(self.monitor, run_now, run_now)
@@ -100,3 +102,26 @@ class RealHostContractTests(HostContract, NetnsTestCase):
 
     def events_delivered(self) -> None:
         self.monitor.doRead()  # what the reactor does when the socket is readable
+
+    def handed_sandbox(self) -> Sandbox:
+        name = f"hnp{uuid.uuid4().hex[:8]}"
+        ip("netns", "add", name)
+        self.addCleanup(ip, "netns", "del", name, check=False)
+        path = f"/run/netns/{name}"
+        handed = sandbox.Sandbox.handed(path, *sandbox.hand_over(path))
+        self.addCleanup(handed.close)
+        self.pods[path] = name
+        return handed
+
+    def link_inside(self, pod: Sandbox, name: str) -> None:
+        ip("-n", self.pods[pod.key], "link", "add", name, "type", "veth", "peer", "name",
+           f"q{uuid.uuid4().hex[:8]}")
+
+    def rename_inside(self, pod: Sandbox, name: str, new: str) -> None:
+        ip("-n", self.pods[pod.key], "link", "set", name, "name", new)
+
+    def look_inside(self, pod: Sandbox, name: str) -> tuple[str, str, int, bool, list[str]]:
+        [link] = json.loads(ip("-n", self.pods[pod.key], "-j", "addr", "show", "dev", name))
+        return (link["ifname"], link["address"], link["mtu"], "UP" in link["flags"],
+                sorted(f"{a['local']}/{a['prefixlen']}" for a in link["addr_info"]
+                       if a.get("scope") == "global"))
