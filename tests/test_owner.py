@@ -119,8 +119,9 @@ class EndpointTests(CoreTestCase):
         self.assertEqual(self.create_endpoint(EP2).mac, MAC2)
         message = self.refused(self.core.claim(
             claim_request(endpoint_body(EP3))), PoolExhausted)
-        self.assertEqual(message, f"network {NET[:12]} has 2 NICs, all in use; add NICs "
-                                  f"to its pool or stop a container")
+        self.assertEqual(message, f"network {NET[:12]} has 2 NICs, all in use ({MAC1} (ens4) "
+                                  f"by endpoint {EP[:12]}; {MAC2} (ens5) by endpoint "
+                                  f"{EP2[:12]}); add NICs to its pool or stop a container")
         self.assertEqual(sorted(self.core.state.claims), [EP, EP2])
 
     def test_pinning_by_option_and_by_mac_address(self) -> None:

@@ -11,7 +11,8 @@ from typing import Mapping
 
 import attrs
 
-from hostnic.state.model import Route
+from hostnic.core.ports import Sandbox
+from hostnic.state.model import Address, Attachment, Route
 
 
 @attrs.frozen
@@ -73,3 +74,81 @@ class Lent:
     gateway4: str | None
     gateway6: str | None
     routes: tuple[Route, ...] = ()  # adopt mode: the NIC's other routes
+
+
+# -- CNI: a runtime attaches a NIC to a namespace it hands over ---------------
+
+
+@attrs.frozen
+class NicChoice:
+    """The NICs a CNI network may take, as its configuration names them."""
+
+    macs: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+    pcis: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class InsideConfig:
+    """What the NIC gets inside the namespace (from an IPAM plugin's result)."""
+
+    addresses: tuple[Address, ...] = ()
+    gateway4: str | None = None
+    gateway6: str | None = None
+    routes: tuple[Route, ...] = ()  # a route without a gateway takes its family's
+
+
+@attrs.frozen
+class AttachNic:
+    """Claim a NIC of ``choice`` for ``attachment``, record it, move it into
+    ``sandbox`` as the attachment's interface and configure it there: from
+    ``config``, or (``adopt``) from the NIC's own addresses and routes."""
+
+    attachment: Attachment
+    choice: NicChoice
+    sandbox: Sandbox
+    mtu: int | None = None
+    adopt: bool = False
+    config: InsideConfig = InsideConfig()
+
+
+@attrs.frozen
+class Attached:
+    """The NIC as the attachment holds it inside the namespace."""
+
+    mac: str
+    ifname: str
+    mtu: int
+    sandbox: str
+    pci: str | None
+    config: InsideConfig
+
+
+@attrs.frozen
+class DetachNic:
+    """Bring the attachment's NIC home (from ``sandbox`` if one was handed:
+    without one, the namespace is gone and the kernel returns a physical NIC
+    on its own), restore it and drop the claim. Never fails for want of what
+    is already gone."""
+
+    attachment: Attachment
+    sandbox: Sandbox | None = None
+
+
+@attrs.frozen
+class CheckAttachment:
+    """Is the attachment's NIC inside ``sandbox`` as ``expected`` says?"""
+
+    attachment: Attachment
+    sandbox: Sandbox
+    mtu: int | None = None
+    expected: InsideConfig = InsideConfig()
+
+
+@attrs.frozen
+class CollectAttachments:
+    """Detach every attachment of CNI network ``network`` not in ``valid``
+    (container ID, interface name)."""
+
+    network: str
+    valid: frozenset[tuple[str, str]]

@@ -21,6 +21,13 @@ POINTS = (
     "delete.restored",  # the NIC is restored, its claim not yet dropped
     "delete.released",  # the claim is dropped, DeleteEndpoint not yet answered
 )
+# The CNI front end's (hostnic.core.attachments), apart: the soak drives Docker's.
+CNI_POINTS = (
+    "attach.claimed",  # ADD's claim is durable, the NIC not yet recorded
+    "attach.moved",  # the NIC is inside the namespace, not yet configured
+    "detach.marked",  # DEL's release is durable, the NIC not yet brought home
+    "detach.home",  # the NIC is home under its transit name, not yet restored
+)
 
 
 def _armed() -> tuple[str, int] | None:
@@ -28,9 +35,9 @@ def _armed() -> tuple[str, int] | None:
     if not setting:
         return None
     name, _, count = setting.partition(":")
-    if name not in POINTS:
+    if name not in POINTS + CNI_POINTS:
         raise SystemExit(f"HOSTNIC_CRASH_AT={setting!r}: no such crash point "
-                         f"(known: {', '.join(POINTS)})")
+                         f"(known: {', '.join(POINTS + CNI_POINTS)})")
     return name, int(count or 1)
 
 

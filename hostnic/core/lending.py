@@ -193,22 +193,22 @@ class Lender:
             return
         if claim.phase is Phase.JOINED:
             # Leave never reached us: durably note that dockerd is done first.
-            marked = await self._mark_releasing(claim)
+            marked = await self.mark_releasing(claim)
             assert marked is not None
             claim = marked
             crashpoint("delete.marked")
         try:
             home = await self.restore_and_release(claim)
         except HostnicError:
-            await self._mark_releasing(self._claim(endpoint_id))
+            await self.mark_releasing(self._claim(endpoint_id))
             raise
         if not home:
-            await self._mark_releasing(self._claim(endpoint_id))
+            await self.mark_releasing(self._claim(endpoint_id))
             self.log.warn("NIC {nic} of endpoint {endpoint} is not back in the host "
                           "namespace; it will be restored when it appears",
                           nic=claim.mac, endpoint=short(endpoint_id))
 
-    async def _mark_releasing(self, claim: Claim | None) -> Claim | None:
+    async def mark_releasing(self, claim: Claim | None) -> Claim | None:
         if claim is None or claim.phase is Phase.RELEASING:
             return claim
         releasing = attrs.evolve(claim, phase=Phase.RELEASING)

@@ -21,7 +21,10 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from hostnic.core import guards, pools
-from hostnic.core.commands import ClaimNic, Claimed, DefineNetwork, EndpointKey, LendNic, Lent
+from hostnic.core.attachments import Attachments
+from hostnic.core.commands import (AttachNic, Attached, CheckAttachment, ClaimNic, Claimed,
+                                   CollectAttachments, DefineNetwork, DetachNic, EndpointKey,
+                                   LendNic, Lent, NicChoice)
 from hostnic.core.crashpoints import crashpoint
 from hostnic.core.events import EventLog
 from hostnic.core.guards import refusal
@@ -34,8 +37,8 @@ from hostnic.core.retry import Retrier
 from hostnic.errors import HostnicError, NicUnavailable, UnknownObject
 from hostnic.sentences import short
 from hostnic.state.ledger import Ledger, Store
-from hostnic.state.model import (Adopted, Claim, LinkInfo, Network, NicRef, Phase, State,
-                                 transit_name)
+from hostnic.state.model import (Adopted, Attachment, Claim, LinkInfo, Network, NicRef, Phase,
+                                 State, transit_name)
 
 
 def _differs(before: Adopted | None, after: Adopted) -> bool:
@@ -55,6 +58,7 @@ class Core:
     last_reconciliation: dict[str, Any] | None = None
     ledger: Ledger = attrs.field(init=False)
     lender: Lender = attrs.field(init=False)
+    attachments: Attachments = attrs.field(init=False)
     locks: KeyedLocks = attrs.field(factory=KeyedLocks, init=False)
     retries: Retrier = attrs.field(init=False)
     _settling: set[str] = attrs.field(factory=set, init=False)
@@ -65,6 +69,7 @@ class Core:
     def __attrs_post_init__(self) -> None:
         self.ledger = Ledger(self.store, self.initial)
         self.lender = Lender(self.host, self.ledger, self.events, self.clock)
+        self.attachments = Attachments(self)
         self.retries = Retrier(self.reactor)
 
     @property
@@ -100,7 +105,7 @@ class Core:
             self._waiters.append(waiter)
             await waiter
 
-    def _label(self, nic: NicRef) -> str:
+    def label(self, nic: NicRef) -> str:
         links = self.host.known(nic)
         return f"{nic.mac} ({links[0].name})" if links else nic.mac
 
@@ -131,16 +136,16 @@ class Core:
             # What the request names by MAC is checked before the host is asked:
             # "held by endpoint X" says more than "not in the host namespace".
             pools.check_free(self.state, network_id, [NicRef(m) for m in request.macs],
-                             self._label)
-            found = await self._resolve_pool(request)
+                             self.label)
+            found = await self.resolve_pool(request)
             nics = [nic for nic, _ in found]
-            pools.check_free(self.state, network_id, nics, self._label)
+            pools.check_free(self.state, network_id, nics, self.label)
             adopted = {}
             if request.adopt:  # each NIC brings its own configuration
                 for nic, link in found:
                     adopted[nic.mac] = await self.host.adopt(link.index)
                     self._warn_adopted(nic, adopted[nic.mac])
-                pools.check_free(self.state, network_id, nics, self._label)
+                pools.check_free(self.state, network_id, nics, self.label)
             network = Network(id=network_id, pool=tuple(nics), gateway4=request.gateway4,
                               gateway6=request.gateway6, subnets=request.subnets,
                               options=dict(request.options), adopt=request.adopt,
@@ -148,25 +153,25 @@ class Core:
             await self.ledger.put_network(None, network)
             crashpoint("network.recorded")
         narrate(f"created {'adopt-mode ' if request.adopt else ''}network "
-                f"{short(network_id)} with pool {', '.join(self._label(n) for n in nics)}")
+                f"{short(network_id)} with pool {', '.join(self.label(n) for n in nics)}")
 
     def _warn_adopted(self, nic: NicRef, adopted: Adopted) -> None:
         """Say what adopt mode will not carry, once, where an operator looks."""
         if adopted.address4 is None and adopted.address6 is None:
             self.log.warn("NIC {nic} has no global address to adopt yet: containers will "
-                          "be refused until it has one", nic=self._label(nic))
+                          "be refused until it has one", nic=self.label(nic))
         leased = [a for a in (adopted.address4, adopted.address6)
                   if a is not None and a.valid is not None]
         if leased:
             self.log.warn("NIC {nic}'s address {addresses} is leased; a container holds it "
                           "as a static address and does not renew it",
-                          nic=self._label(nic), addresses=", ".join(map(str, leased)))
+                          nic=self.label(nic), addresses=", ".join(map(str, leased)))
         if adopted.not_carried:
             self.log.warn("NIC {nic}: a Docker endpoint holds one IPv4 and one IPv6 address; "
-                          "not carried into containers: {addresses}", nic=self._label(nic),
+                          "not carried into containers: {addresses}", nic=self.label(nic),
                           addresses=", ".join(map(str, adopted.not_carried)))
 
-    async def _resolve_pool(self, request: DefineNetwork) -> list[tuple[NicRef, LinkInfo]]:
+    async def resolve_pool(self, request: DefineNetwork) -> list[tuple[NicRef, LinkInfo]]:
         """The NICs a request names, each found and checked on the host."""
         links: list[tuple[LinkInfo, str | None]] = []  # and the PCI address it was named by
         for mac in request.macs:
@@ -279,7 +284,7 @@ class Core:
             # No await between choosing and claiming: the claim is in the ledger
             # before anyone else can choose.
             nic = pools.choose(self.state, network, request.pinned_mac,
-                               lambda n: bool(self.host.known(n)), self._label,
+                               lambda n: bool(self.host.known(n)), self.label,
                                pinned_pci=request.pinned_pci)
             claim = Claim(endpoint_id=ref.endpoint_id, network_id=network.id, nic=nic,
                           created_at=self.clock(), adopted=network.adopted.get(nic.mac))
@@ -287,7 +292,7 @@ class Core:
             crashpoint("endpoint.recorded")
             if network.adopt:
                 claim = await self._adopt(network, claim)
-        narrate(f"endpoint {short(ref.endpoint_id)} claimed NIC {self._label(nic)}")
+        narrate(f"endpoint {short(ref.endpoint_id)} claimed NIC {self.label(nic)}")
         return self._claimed(claim)
 
     def _claimed(self, claim: Claim) -> Claimed:
@@ -308,7 +313,7 @@ class Core:
         if adopted is None or (adopted.address4 is None and adopted.address6 is None):
             await self.ledger.put_claim(claim, None)
             raise NicUnavailable(
-                f"NIC {self._label(claim.nic)} has no global address to adopt; give it one "
+                f"NIC {self.label(claim.nic)} has no global address to adopt; give it one "
                 f"(is its DHCP client done?) or create the network with --subnet and "
                 f"--gateway")
         current = self.state.claims.get(claim.endpoint_id)
@@ -390,6 +395,27 @@ class Core:
                                 f"endpoint")
         async with self.locks.hold("nic:" + claim.nic.key):
             return await self.lender.release(claim.nic)
+
+    # -- CNI attachments (hostnic.core.attachments) ---------------------------
+
+    async def attach(self, request: AttachNic) -> Attached:
+        return await self.attachments.attach(request)
+
+    async def detach(self, request: DetachNic) -> None:
+        await self.attachments.detach(request)
+
+    async def check_attachment(self, request: CheckAttachment) -> list[str]:
+        return await self.attachments.check(request)
+
+    async def collect_attachments(self, request: CollectAttachments) -> list[Attachment]:
+        return await self.attachments.collect(request)
+
+    async def has_free_nic(self, choice: NicChoice) -> bool:
+        """Whether a NIC of ``choice`` could be attached now (CNI's STATUS)."""
+        await self.ready()
+        found = await self.resolve_pool(DefineNetwork(network_id="", macs=choice.macs,
+                                                      names=choice.names, pcis=choice.pcis))
+        return self.attachments.free_nic([nic for nic, _ in found])
 
     # -- reconciliation and link events ------------------------------------
 

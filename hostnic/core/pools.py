@@ -25,8 +25,7 @@ def check_free(state: State, network_id: str, nics: list[NicRef], label: Label) 
         claim = state.claim_of(nic)
         if claim is not None:
             raise NicUnavailable(
-                f"NIC {label(nic)} is still held by endpoint {short(claim.endpoint_id)} "
-                f"({claim.phase.value})")
+                f"NIC {label(nic)} is still held by {claim.holder} ({claim.phase.value})")
 
 
 def choose(state: State, network: Network, pinned: str | None,
@@ -52,14 +51,17 @@ def choose(state: State, network: Network, pinned: str | None,
         if entry.key in claimed:
             raise NicUnavailable(
                 f"NIC {label(entry)} of network {short(network.id)} is in use "
-                f"by endpoint {short(claimed[entry.key].endpoint_id)}")
+                f"by {claimed[entry.key].holder}")
         return entry
     free = [nic for nic in network.pool if nic.key not in claimed]
     if not free:
         count = len(network.pool)
+        holders = "; ".join(f"{label(nic)} by {claimed[nic.key].holder}"
+                            for nic in network.pool[:3])
         raise PoolExhausted(
             f"network {short(network.id)} has {count} NIC{'s' if count > 1 else ''}, "
-            f"all in use; add NICs to its pool or stop a container")
+            f"all in use ({holders}{'; ...' if count > 3 else ''}); add NICs to its pool "
+            f"or stop a container")
     home = [nic for nic in free if present(nic)]
     if not home:
         raise NicUnavailable(

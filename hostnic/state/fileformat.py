@@ -16,8 +16,8 @@ import attrs
 from hostnic import strictjson
 from hostnic.errors import InvalidOption
 from hostnic.strictjson import NotJSON
-from hostnic.state.model import (Address, Adopted, Claim, Network, NicRef, NicState, Phase, Route,
-                                 State, normalize_mac, normalize_pci)
+from hostnic.state.model import (Address, Adopted, Attachment, Claim, Network, NicRef, NicState,
+                                 Phase, Route, State, normalize_mac, normalize_pci)
 
 # 1: pools and claims held bare MACs; 2: a NIC is its MAC and permanent
 # address; 3: and its PCI address. Every earlier version is read.
@@ -73,6 +73,8 @@ def claim_json(c: Claim) -> dict[str, Any]:
             "sandbox_key": c.sandbox_key, "created_at": c.created_at, "joined_at": c.joined_at}
     if c.adopted is not None:
         data["adopted"] = _plain(c.adopted)
+    if c.attachment is not None:
+        data["attachment"] = attrs.asdict(c.attachment)
     return data
 
 
@@ -332,7 +334,16 @@ class _Reader:
             original=original, sandbox_key=self.text(obj, "sandbox_key", at, optional=True),
             created_at=self.field(obj, "created_at", (int, float), at, optional=True) or 0.0,
             joined_at=self.field(obj, "joined_at", (int, float), at, optional=True),
-            adopted=self.adopted(obj.get("adopted"), f"{at}.adopted"))
+            adopted=self.adopted(obj.get("adopted"), f"{at}.adopted"),
+            attachment=self.attachment(obj.get("attachment"), f"{at}.attachment"))
+
+    def attachment(self, value: Any, at: str) -> Attachment | None:
+        if value is None:
+            return None
+        obj = self.object(value, at)
+        return Attachment(network=self.text(obj, "network", at),
+                          container_id=self.text(obj, "container_id", at),
+                          ifname=self.text(obj, "ifname", at))
 
 
 def _kind(value: Any) -> str:

@@ -8,6 +8,7 @@ back. The JSON form of these types lives in ``hostnic.state.fileformat``.
 from __future__ import annotations
 
 import enum
+import hashlib
 import re
 from typing import Mapping
 
@@ -15,7 +16,7 @@ import attrs
 import netaddr
 
 from hostnic.errors import InvalidOption
-from hostnic.sentences import quoted
+from hostnic.sentences import quoted, short
 
 
 def normalize_mac(text: str) -> str:
@@ -355,6 +356,31 @@ class Network:
         return [ref.mac for ref in self.pool]
 
 
+@attrs.frozen
+class Attachment:
+    """What a CNI runtime names a claim by: its network (the configuration's
+    ``name``), the container and the interface name inside it. A claim
+    with an attachment was made by the CNI front end; without, by dockerd."""
+
+    network: str
+    container_id: str
+    ifname: str
+
+    @property
+    def endpoint_id(self) -> str:
+        """The claim's key: stable for the attachment, and distinct from any
+        other's in its first 13 characters, which name its transit name."""
+        text = "\0".join(("cni", self.network, self.container_id, self.ifname))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    @property
+    def network_id(self) -> str:
+        return CNI_NETWORK_PREFIX + self.network
+
+
+CNI_NETWORK_PREFIX = "cni:"  # a CNI claim's network_id: no Docker network id has a colon
+
+
 class Phase(str, enum.Enum):
     CREATED = "created"  # CreateEndpoint claimed the NIC; it is untouched
     JOINED = "joined"  # original state recorded; the NIC may be lent (write-ahead)
@@ -375,10 +401,20 @@ class Claim:
     created_at: float = 0.0
     joined_at: float | None = None
     adopted: Adopted | None = None  # what adopt mode gave this endpoint
+    attachment: Attachment | None = None  # a CNI claim's names
 
     @property
     def mac(self) -> str:
         return self.nic.mac
+
+    @property
+    def holder(self) -> str:
+        """Who holds the NIC, as a user knows it."""
+        a = self.attachment
+        if a is None:
+            return f"endpoint {short(self.endpoint_id)}"
+        return (f"container {short(a.container_id)} as {a.ifname} "
+                f"(CNI network {quoted(a.network)})")
 
     @property
     def transit_name(self) -> str:

@@ -1,0 +1,261 @@
+"""CNI attachments: a NIC claimed for (network, container, interface), moved
+into the namespace the runtime hands over, configured there, and given back.
+
+The same claims, ledger and lender as Docker's endpoints: an attachment is a
+claim keyed by ``Attachment.endpoint_id``, so one NIC is never held by a
+Docker endpoint and a pod at once, and a restart reconciles both alike. What
+dockerd does for Docker (move the NIC in, name it, configure it, bring it
+back) hostnic does here itself, through the host port's handed-namespace
+steps. Each step is durable before the next (the claim, then the record,
+then the moves), so a crash between any two leaves a claim that says how to
+get the NIC back; a failed ADD undoes every earlier step.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+from twisted.logger import Logger
+
+from hostnic.core import pools
+from hostnic.core.commands import (AttachNic, Attached, CheckAttachment, CollectAttachments,
+                                   DefineNetwork, DetachNic, InsideConfig)
+from hostnic.core.crashpoints import crashpoint
+from hostnic.core.narration import narrate
+from hostnic.core.ports import Sandbox
+from hostnic.errors import HostnicError, NicUnavailable
+from hostnic.state.model import (AF_INET, AF_INET6, Adopted, Attachment, Claim, Network, NicRef, Phase,
+                                 Route)
+
+if TYPE_CHECKING:
+    from hostnic.core.owner import Core
+
+log = Logger()
+
+
+def adopted_config(adopted: Adopted) -> InsideConfig:
+    """Adopt mode: the NIC's own first addresses (as static ones: a lease is
+    not renewed inside), its own gateways and its other routes."""
+    addresses = tuple(attrs.evolve(a, valid=None, preferred=None)
+                      for a in (adopted.address4, adopted.address6) if a is not None)
+    routes = tuple(attrs.evolve(r, table=254, priority=None) for r in adopted.routes)
+    return InsideConfig(addresses, adopted.gateway4, adopted.gateway6, routes)
+
+
+def inside_routes(config: InsideConfig) -> tuple[Route, ...]:
+    """The routes to make inside: each with its family's gateway if it names
+    none (as CNI's reference plugins do)."""
+    made = []
+    for route in config.routes:
+        gateway = route.gateway or (config.gateway4 if route.family == AF_INET
+                                    else config.gateway6)
+        made.append(attrs.evolve(route, gateway=gateway))
+    return tuple(made)
+
+
+@attrs.define(eq=False)
+class Attachments:
+    core: "Core"
+
+    def _claim(self, attachment: Attachment) -> Claim | None:
+        return self.core.state.claims.get(attachment.endpoint_id)
+
+    # -- ADD ---------------------------------------------------------------
+
+    async def attach(self, request: AttachNic) -> Attached:
+        core = self.core
+        await core.ready()
+        attachment = request.attachment
+        key = attachment.endpoint_id
+        async with core.locks.hold("ep:" + key):
+            held = self._claim(attachment)
+            if held is not None:
+                # An ADD the runtime repeats (its answer was lost), or one a
+                # crash cut short: what is there is given back first.
+                await self._detach(held, request.sandbox)
+                if self._claim(attachment) is not None:
+                    raise NicUnavailable(
+                        f"NIC {held.mac} of an earlier attachment of {held.holder} is not "
+                        f"back in the host namespace yet; delete the attachment, then "
+                        f"add it again")
+            claim = await self._claim_nic(request)
+            try:
+                async with core.locks.hold("nic:" + claim.nic.key):
+                    return await self._attach(claim, request)
+            except BaseException:
+                await self._undo(attachment, request.sandbox)
+                raise
+
+    async def _claim_nic(self, request: AttachNic) -> Claim:
+        """A free NIC of the choice, claimed durably (no await between the
+        choice and the claim)."""
+        core = self.core
+        attachment = request.attachment
+        choice = request.choice
+        # Each entry on its own: a NIC another claim holds is away or about
+        # to be, and is passed over (naming its holder if none is left).
+        held = [core.state.claim_of(NicRef(mac)) for mac in choice.macs]
+        pool: list[NicRef] = [c.nic for c in held if c is not None]
+        problems: list[NicUnavailable] = []
+        for entry in ([DefineNetwork("", macs=(mac,), names=()) for mac, c in
+                       zip(choice.macs, held) if c is None]
+                      + [DefineNetwork("", (), names=(name,)) for name in choice.names]
+                      + [DefineNetwork("", (), (), pcis=(pci,)) for pci in choice.pcis]):
+            try:
+                found = await core.resolve_pool(entry)
+            except NicUnavailable as e:
+                problems.append(e)
+                continue
+            pool += [nic for nic, _ in found if not any(nic.same_nic(p) for p in pool)]
+        if problems and not pool:
+            raise problems[0]
+        network = Network(id=attachment.network_id, pool=tuple(pool))
+        nic = pools.choose(core.state, network, None, lambda n: bool(core.host.known(n)),
+                           core.label)
+        claim = Claim(endpoint_id=attachment.endpoint_id, network_id=attachment.network_id,
+                      nic=nic, created_at=core.clock(), attachment=attachment)
+        await core.ledger.put_claim(None, claim)
+        crashpoint("attach.claimed")
+        return claim
+
+    async def _attach(self, claim: Claim, request: AttachNic) -> Attached:
+        core = self.core
+        attachment = request.attachment
+        sandbox = request.sandbox
+        config = request.config
+        if request.adopt:  # what the NIC has now, before anything touches it
+            home = await core.host.locate(claim.nic)
+            if home is None:
+                raise NicUnavailable(f"NIC {claim.mac} left the host namespace")
+            config = adopted_config(await core.host.adopt(home.index))
+            if not config.addresses:
+                raise NicUnavailable(f"NIC {core.label(claim.nic)} has no global address to "
+                                     f"adopt; give it one or configure IPAM for the network")
+        # Recorded durably, then home under its transit name (as for a Join).
+        claim = await core.lender.lend(claim.endpoint_id, sandbox.key)
+        link = await core.host.locate(claim.nic, claim.transit_name, claim.lent_index)
+        if link is None:
+            raise NicUnavailable(f"NIC {claim.mac} left the host namespace while it was "
+                                 f"being attached")
+        moved = await core.host.move_into(link.index, sandbox, attachment.ifname)
+        crashpoint("attach.moved")
+        routes = inside_routes(config)
+        defaults = tuple(Route(family, None, 0, gateway) for family, gateway in (
+            (AF_INET, config.gateway4), (AF_INET6, config.gateway6))
+            if gateway is not None and not any(r.default and r.family == family
+                                                 for r in routes))
+        await core.host.configure_in(sandbox, moved.index, request.mtu, config.addresses,
+                                     defaults + routes)
+        narrate(f"NIC {claim.mac} attached to {sandbox.key} as {attachment.ifname} for "
+                f"{claim.holder}")
+        return Attached(mac=claim.mac, ifname=attachment.ifname,
+                        mtu=request.mtu or moved.mtu, sandbox=sandbox.key,
+                        pci=claim.nic.pci or (link.parent_dev if link.parent_bus == "pci"
+                                              else None),
+                        config=attrs.evolve(config, routes=defaults + routes))
+
+    async def _undo(self, attachment: Attachment, sandbox: Sandbox) -> None:
+        """A failed ADD: every step taken is undone (the NIC home as recorded,
+        nothing claimed), as far as the host allows; what it does not, the
+        claim keeps, marked for release, and is settled later."""
+        claim = self._claim(attachment)
+        if claim is None:
+            return
+        try:
+            async with self.core.locks.hold("nic:" + claim.nic.key):
+                await self._give_back(claim, sandbox)
+        except HostnicError as e:
+            log.error("undoing the attachment of NIC {nic} failed: {error}; it is kept "
+                      "and given back later", nic=claim.mac, error=e.message)
+            self.core.settle_soon(claim.nic, thorough=True)
+
+    # -- DEL ---------------------------------------------------------------
+
+    async def detach(self, request: DetachNic) -> None:
+        core = self.core
+        await core.ready()
+        key = request.attachment.endpoint_id
+        async with core.locks.hold("ep:" + key):
+            claim = self._claim(request.attachment)
+            if claim is None:
+                narrate(f"no attachment {request.attachment.ifname} of container "
+                        f"{request.attachment.container_id[:12]}: nothing to do")
+                return
+            await self._detach(claim, request.sandbox)
+
+    async def _detach(self, claim: Claim, sandbox: Sandbox | None) -> None:
+        async with self.core.locks.hold("nic:" + claim.nic.key):
+            await self._give_back(claim, sandbox)
+
+    async def _give_back(self, claim: Claim, sandbox: Sandbox | None) -> None:
+        lender = self.core.lender
+        if claim.original is None:  # never recorded, so never touched
+            await self.core.ledger.put_claim(claim, None)
+            narrate(f"released NIC {claim.mac} (never attached)")
+            return
+        marked = await lender.mark_releasing(claim)
+        assert marked is not None
+        crashpoint("detach.marked")
+        attachment = claim.attachment
+        if sandbox is not None and attachment is not None:
+            await self.core.host.bring_home(sandbox, claim.nic, attachment.ifname,
+                                            claim.transit_name, claim.lent_index)
+            crashpoint("detach.home")
+        if not await lender.restore_and_release(marked):
+            log.warn("NIC {nic} of {holder} is not back in the host namespace; it will be "
+                     "restored when it appears", nic=claim.mac, holder=claim.holder)
+
+    # -- CHECK -------------------------------------------------------------
+
+    async def check(self, request: CheckAttachment) -> list[str]:
+        """What differs between the NIC inside and what the attachment gave
+        it (empty: nothing)."""
+        core = self.core
+        await core.ready()
+        attachment = request.attachment
+        claim = self._claim(attachment)
+        if claim is None or claim.phase is not Phase.JOINED:
+            return [f"hostnic holds no attachment {attachment.ifname} of container "
+                    f"{attachment.container_id[:12]} in network {attachment.network!r}"]
+        inside = await core.host.look_in(request.sandbox, attachment.ifname)
+        if inside is None:
+            return [f"there is no interface {attachment.ifname} in {request.sandbox.key}"]
+        differences = []
+        if not claim.nic.is_link(inside.link, claim.lent_index) and inside.link.mac != claim.mac:
+            differences.append(f"{attachment.ifname} is not NIC {claim.mac} "
+                               f"(its MAC is {inside.link.mac})")
+        if request.mtu is not None and inside.link.mtu != request.mtu:
+            differences.append(f"MTU {inside.link.mtu}, not {request.mtu}")
+        if not inside.link.up:
+            differences.append(f"{attachment.ifname} is down")
+        present = {a.cidr for a in inside.addresses}
+        for address in request.expected.addresses:
+            if address.cidr not in present:
+                differences.append(f"address {address.cidr} is missing")
+        have = {(r.family, r.dst, r.dst_len, r.gateway) for r in inside.routes}
+        for route in inside_routes(request.expected):
+            if (route.family, route.dst, route.dst_len, route.gateway) not in have:
+                differences.append(f"route {route} is missing")
+        return differences
+
+    # -- GC ----------------------------------------------------------------
+
+    async def collect(self, request: CollectAttachments) -> list[Attachment]:
+        """Detach the network's attachments the runtime no longer knows; the
+        ones detached (a NIC still inside a namespace comes home when the
+        kernel returns it)."""
+        core = self.core
+        await core.ready()
+        stale = [c.attachment for c in list(core.state.claims.values())
+                 if c.attachment is not None and c.attachment.network == request.network
+                 and (c.attachment.container_id, c.attachment.ifname) not in request.valid]
+        for attachment in stale:
+            await self.detach(DetachNic(attachment))
+        return stale
+
+    def free_nic(self, nics: list[NicRef]) -> bool:
+        """Whether one of ``nics`` is free and home (STATUS)."""
+        claimed = {c.nic.key for c in self.core.state.claims.values()}
+        return any(n.key not in claimed and self.core.host.known(n) for n in nics)
+
