@@ -15,7 +15,8 @@ setup(
     # find_packages() skips twisted.plugins (no __init__.py there, on purpose).
     packages=find_packages(include=["hostnic", "hostnic.*"]) + ["twisted.plugins"],
     package_data={"twisted": ["plugins/hostnic_plugin.py"]},
-    entry_points={"console_scripts": ["hostnic-ctl = hostnic.ctl:main"]},
+    entry_points={"console_scripts": ["hostnic-ctl = hostnic.ctl:main",
+                                      "hostnic-cni = hostnic.cnishim:main"]},
     install_requires=[
         "Twisted>=24.7",
         "klein>=24.8",

@@ -446,6 +446,9 @@ class FakeSandbox:
 
     key: str
 
+    def close(self) -> None:
+        pass
+
 
 def _implements_the_port(host: FakeHost) -> HostPort:
     return host  # mypy checks that FakeHost offers every method HostPort names

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Coroutine, TypeVar
+from typing import Any, Coroutine, Sequence, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -17,7 +17,7 @@ from hostnic.daemon.compose import Daemon, Ports, Settings, build
 from hostnic.state.fileformat import encode
 from hostnic.state.model import State
 from hostnic.state.store import COMPACT_EVERY, StateStore
-from tests.fakes import FakeHost, FakeLink, FaultyFileSystem, Threads, run_now
+from tests.fakes import FakeHost, FakeLink, FakeSandbox, FaultyFileSystem, Threads, run_now
 
 T = TypeVar("T")
 NET = "n" * 63 + "1"
@@ -54,6 +54,13 @@ def claim_request(body: dict[str, Any]) -> ClaimNic:
     return CreateEndpoint.parse(body).command
 
 
+def open_fake_sandbox(key: str, fds: Sequence[int]) -> FakeSandbox:
+    """As the kernel's: the descriptors are hostnic's from here."""
+    for fd in fds:
+        os.close(fd)
+    return FakeSandbox(key)
+
+
 class CoreTestCase(SynchronousTestCase):
     """hostnic as ``twistd hostnic`` builds it (``hostnic.daemon.compose``), over
     fakes at its ports: the host (``FakeHost``), the reactor's clock, the
@@ -80,7 +87,7 @@ class CoreTestCase(SynchronousTestCase):
         return build(Settings(self.state_dir, self.endpoints, self.admin_token,
                               compact_every=self.compact_every),
                      Ports(reactor=self.reactor, host=self.host, run_in_thread=self.threads,
-                           clock=lambda: self.now, fs=self.disk))
+                           clock=lambda: self.now, fs=self.disk, open_sandbox=open_fake_sandbox))
 
     def crash(self) -> None:
         """The process dies: its timers, its link listener and its open files

@@ -15,7 +15,8 @@ class MacTests(SynchronousTestCase):
             self.assertEqual(normalize_mac(text), MAC1, text)
 
     def test_not_macs(self) -> None:
-        for text in ("", "12", "52:54:00:e1:d9", "52:54:00:e1:d9:e1:00:01", "zz:zz:zz:zz:zz:zz"):
+        for text in ("", "12", "52:54:00:e1:d9", "52:54:00:e1:d9:e1:00:01", "zz:zz:zz:zz:zz:zz",
+                     "52:54:00", "52:54:00:e1", "5254:00e1:d9e1", "52:54-00:e1:d9:e1"):
             self.assertRaises(InvalidOption, normalize_mac, text)
 
 

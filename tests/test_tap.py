@@ -118,7 +118,7 @@ class CompositionTests(SynchronousTestCase):
         self.patch(tap, "raise_descriptor_limit", lambda: None)
         options = tap.Options()
         options.parseOptions(["--state-dir", state_dir, "--socket", "unix:/nonexistent/d",
-                              "--admin", "unix:/nonexistent/a"])
+                              "--admin", "unix:/nonexistent/a", "--cni", "unix:/nonexistent/c"])
         top = tap.makeService(options)
         [service] = list(top)  # type: ignore[call-overload]
         [daemon] = built
@@ -126,4 +126,6 @@ class CompositionTests(SynchronousTestCase):
         self.assertEqual(daemon.core.state.networks, {network.id: network})
         self.assertIs(daemon.core.ledger.store, daemon.store)
         self.assertEqual(daemon.settings.endpoints, {"driver": "unix:/nonexistent/d",
-                                                     "admin": "unix:/nonexistent/a"})
+                                                     "admin": "unix:/nonexistent/a",
+                                                     "cni": "unix:/nonexistent/c"})
+        self.assertEqual(sorted(daemon.sites()), ["admin", "cni", "driver"])

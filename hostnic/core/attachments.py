@@ -20,7 +20,7 @@ from twisted.logger import Logger
 
 from hostnic.core import pools
 from hostnic.core.commands import (AttachNic, Attached, CheckAttachment, CollectAttachments,
-                                   DefineNetwork, DetachNic, InsideConfig)
+                                   DefineNetwork, DetachNic, InsideConfig, NicChoice)
 from hostnic.core.crashpoints import crashpoint
 from hostnic.core.narration import narrate
 from hostnic.core.ports import Sandbox
@@ -93,21 +93,7 @@ class Attachments:
         core = self.core
         attachment = request.attachment
         choice = request.choice
-        # Each entry on its own: a NIC another claim holds is away or about
-        # to be, and is passed over (naming its holder if none is left).
-        held = [core.state.claim_of(NicRef(mac)) for mac in choice.macs]
-        pool: list[NicRef] = [c.nic for c in held if c is not None]
-        problems: list[NicUnavailable] = []
-        for entry in ([DefineNetwork("", macs=(mac,), names=()) for mac, c in
-                       zip(choice.macs, held) if c is None]
-                      + [DefineNetwork("", (), names=(name,)) for name in choice.names]
-                      + [DefineNetwork("", (), (), pcis=(pci,)) for pci in choice.pcis]):
-            try:
-                found = await core.resolve_pool(entry)
-            except NicUnavailable as e:
-                problems.append(e)
-                continue
-            pool += [nic for nic, _ in found if not any(nic.same_nic(p) for p in pool)]
+        pool, problems = await self.candidates(choice)
         if problems and not pool:
             raise problems[0]
         network = Network(id=attachment.network_id, pool=tuple(pool))
@@ -254,8 +240,30 @@ class Attachments:
             await self.detach(DetachNic(attachment))
         return stale
 
-    def free_nic(self, nics: list[NicRef]) -> bool:
-        """Whether one of ``nics`` is free and home (STATUS)."""
-        claimed = {c.nic.key for c in self.core.state.claims.values()}
-        return any(n.key not in claimed and self.core.host.known(n) for n in nics)
+    async def candidates(self, choice: NicChoice) -> tuple[list[NicRef], list[NicUnavailable]]:
+        """The NICs ``choice`` names, and why the entries not found were not.
+        Each entry on its own: a NIC a claim holds is away, or about to be,
+        and is passed over (it is named as the holder if none is free)."""
+        core = self.core
+        held = [core.state.claim_of(NicRef(mac)) for mac in choice.macs]
+        pool: list[NicRef] = [c.nic for c in held if c is not None]
+        problems: list[NicUnavailable] = []
+        for entry in ([DefineNetwork("", macs=(mac,), names=()) for mac, c in
+                       zip(choice.macs, held) if c is None]
+                      + [DefineNetwork("", (), names=(name,)) for name in choice.names]
+                      + [DefineNetwork("", (), (), pcis=(pci,)) for pci in choice.pcis]):
+            try:
+                found = await core.resolve_pool(entry)
+            except NicUnavailable as e:
+                problems.append(e)
+                continue
+            pool += [nic for nic, _ in found if not any(nic.same_nic(p) for p in pool)]
+        return pool, problems
+
+    async def free_nic(self, choice: NicChoice) -> bool:
+        """Whether a NIC of ``choice`` is free and home (STATUS)."""
+        await self.core.ready()
+        pool, _ = await self.candidates(choice)
+        return any(self.core.state.claim_of(n) is None and self.core.host.known(n)
+                   for n in pool)
 

@@ -412,10 +412,7 @@ class Core:
 
     async def has_free_nic(self, choice: NicChoice) -> bool:
         """Whether a NIC of ``choice`` could be attached now (CNI's STATUS)."""
-        await self.ready()
-        found = await self.resolve_pool(DefineNetwork(network_id="", macs=choice.macs,
-                                                      names=choice.names, pcis=choice.pcis))
-        return self.attachments.free_nic([nic for nic, _ in found])
+        return await self.attachments.free_nic(choice)
 
     # -- reconciliation and link events ------------------------------------
 

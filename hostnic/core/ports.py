@@ -22,9 +22,14 @@ class HostSurvey:
 
 class Sandbox(Protocol):
     """A network namespace handed to hostnic by the process that may enter it
-    (a container's, for CNI); ``key`` is the path it was named by."""
+    (a container's, for CNI)."""
 
-    key: str
+    @property
+    def key(self) -> str:
+        """The path it was named by (what a claim records)."""
+
+    def close(self) -> None:
+        """Let go of the namespace (its descriptors)."""
 
 
 class HostPort(Protocol):

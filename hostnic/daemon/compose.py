@@ -20,6 +20,8 @@ from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from hostnic.api.admin import AdminAPI, ServiceInfo
+from hostnic.api.cni import CNIAPI, OpenSandbox
+from hostnic.api.cnisocket import CNIFactory
 from hostnic.api.driver import DriverAPI
 from hostnic.api.http import GuardedSite, Limits, driver_refusal, jsonrpc_refusal
 from hostnic.core.owner import Core
@@ -30,6 +32,7 @@ from hostnic.state.store import COMPACT_EVERY, RunInThread, StateStore
 
 DRIVER_CONNECTIONS = 512  # dockerd opens one per call; hundreds of parallel starts fit
 ADMIN_CONNECTIONS = 64
+CNI_CONNECTIONS = 64  # one per runtime call, each answered in milliseconds
 # Driver calls run at most this many at once (the rest wait, whole, in order):
 # they share one netlink thread and one journal, so more at once only makes
 # the reactor's turns longer, and the admin API waits behind them (its
@@ -57,6 +60,8 @@ class Ports:
     run_in_thread: RunInThread  # the store's writes (fsync) off the reactor
     clock: Callable[[], float] = time.time  # the wall clock of claims and leases
     fs: Any = os  # the store's file operations (hostnic.state.store.FileSystem)
+    # The namespace a CNI shim hands over (its descriptors), as the host's handle.
+    open_sandbox: OpenSandbox | None = None
 
 
 @attrs.define(eq=False)
@@ -70,6 +75,7 @@ class Daemon:
     core: Core
     driver: DriverAPI
     admin: AdminAPI
+    cni: CNIAPI
 
     @property
     def host(self) -> HostPort:
@@ -99,12 +105,20 @@ class Daemon:
         self.host.stop()
         self.store.close()
 
-    def sites(self, reactor: Any = None) -> dict[str, GuardedSite]:
-        """The HTTP sites that serve the driver and the admin API (a clock for
+    def sites(self, reactor: Any = None) -> dict[str, Any]:
+        """What serves each endpoint: the HTTP sites of the driver and the
+        admin API, and the CNI endpoint's factory if it has one (a clock for
         their deadlines, if not the global reactor's)."""
         timeout = self.settings.client_timeout
         admin = self.admin
-        return {
+        served: dict[str, Any] = {}
+        if self.settings.endpoints.get("cni"):
+            if reactor is None:
+                from twisted.internet import reactor as default
+                reactor = default
+            served["cni"] = CNIFactory(self.cni, reactor, max_connections=CNI_CONNECTIONS,
+                                       request_seconds=timeout)
+        return {**served,
             "driver": GuardedSite(self.driver.app.resource(), driver_refusal,
                                   Limits(max_connections=DRIVER_CONNECTIONS,
                                          request_seconds=timeout,
@@ -129,7 +143,15 @@ def build(settings: Settings, ports: Ports) -> Daemon:
                                        state_dir=settings.state_dir,
                                        endpoints=dict(settings.endpoints)),
                      token=settings.admin_token, clock=ports.clock)
-    return Daemon(settings, ports, store, core, driver, admin)
+    cni = CNIAPI(core, ports.open_sandbox or _no_sandboxes)
+    return Daemon(settings, ports, store, core, driver, admin, cni)
+
+
+def _no_sandboxes(key: str, fds: Any) -> Any:
+    from hostnic.errors import HostError
+    for fd in fds:
+        os.close(fd)
+    raise HostError("this hostnic takes no namespaces handed over")
 
 
 def kernel_ports(reactor: Any, netns_dir: str | None = None) -> Ports:
@@ -141,4 +163,11 @@ def kernel_ports(reactor: Any, netns_dir: str | None = None) -> Ports:
     changes = ThreadPool(minthreads=1, maxthreads=1, name="hostnic-netlink")
     host = NetlinkHost(monitor, deferToThread, partial(deferToThreadPool, reactor, changes),
                        netns_dir=netns_dir, threads=changes)
-    return Ports(reactor=reactor, host=host, run_in_thread=deferToThread)
+    return Ports(reactor=reactor, host=host, run_in_thread=deferToThread,
+                 open_sandbox=_open_handed)
+
+
+def _open_handed(key: str, fds: Any) -> Any:
+    # (the kernel's changes load pyroute2's message classes: on first use)
+    from hostnic.kernel.sandbox import open_handed
+    return open_handed(key, fds)

@@ -23,7 +23,6 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
 from hostnic.api.admin import read_token
-from hostnic.api.http import GuardedSite
 from hostnic.daemon import sockets
 from hostnic.daemon.activation import server_endpoint
 from hostnic.daemon.compose import Daemon, Settings, build, kernel_ports
@@ -38,6 +37,7 @@ STOP_GRACE = 10.0  # seconds a stop waits for calls and work under way, each
 DEFAULT_SOCKET = "unix:/run/docker/plugins/hostnic.sock:mode=660:lockfile=1"
 DEFAULT_STATE_DIR = "/var/lib/hostnic"
 DEFAULT_ADMIN = "unix:/run/hostnic/admin.sock:mode=600:lockfile=1"
+DEFAULT_CNI = "unix:/run/hostnic/cni.sock:mode=600:lockfile=1"
 
 
 class Options(usage.Options):
@@ -51,6 +51,9 @@ class Options(usage.Options):
         ["state-dir", None, DEFAULT_STATE_DIR, "Directory of hostnic's persisted state."],
         ["admin", None, DEFAULT_ADMIN,
          "Twisted server endpoint for the JSON-RPC admin API."],
+        ["cni", None, DEFAULT_CNI,
+         "Twisted server endpoint the hostnic-cni plugin forwards CNI commands to "
+         "(root only: it hands over network namespaces); \"\" serves no CNI."],
         ["admin-token-file", None, None,
          "File holding the bearer token the admin API requires (mandatory on TCP)."],
         ["client-timeout", None, 30.0,
@@ -78,7 +81,13 @@ class Options(usage.Options):
         if not os.path.isdir(os.path.join(self["sysctl-dir"], "ipv4", "conf")):
             raise usage.UsageError(f"--sysctl-dir {self['sysctl-dir']!r} does not hold the "
                                    f"host's net sysctls (ipv4/conf/...)")
-        for option in ("socket", "admin"):
+        if self["cni"] and parse_endpoint(self["cni"]).on_the_network:
+            raise usage.UsageError("--cni must be a unix socket: the CNI plugin hands "
+                                   "namespaces over as descriptors, which only a unix "
+                                   "socket carries")
+        for option in ("socket", "admin", "cni"):
+            if not self[option]:
+                continue
             try:
                 serverFromString(reactor, self[option])
             except IndexError:
@@ -98,7 +107,7 @@ class HostnicService(service.Service):
     reactor: Any
     daemon: Daemon
     ports: list[IListeningPort] = attrs.field(factory=list)
-    sites: dict[str, GuardedSite] = attrs.field(factory=dict)
+    sites: dict[str, Any] = attrs.field(factory=dict)  # GuardedSite or CNIFactory
     watchdog: LoopingCall | None = None
     log = Logger()
 
@@ -236,7 +245,8 @@ def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
     record.SYSCTL_ROOT = options["sysctl-dir"]
     settings = Settings(state_dir=options["state-dir"],
-                        endpoints={"driver": options["socket"], "admin": options["admin"]},
+                        endpoints={"driver": options["socket"], "admin": options["admin"],
+                                   **({"cni": options["cni"]} if options["cni"] else {})},
                         admin_token=options["admin-token"],
                         client_timeout=options["client-timeout"])
     try:

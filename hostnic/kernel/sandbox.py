@@ -2,7 +2,7 @@
 
 Whoever may enter a namespace (the CNI shim, which the runtime runs as root)
 hands hostnic two descriptors: the namespace itself and a netlink socket made
-inside it (``hand_over``). With these, hostnic moves a NIC in (renamed in the
+inside it (``hostnic.cnishim.hand_over``). With these, hostnic moves a NIC in (renamed in the
 same request), configures it there, reads it there and brings it home, with
 CAP_NET_ADMIN alone: it never enters the namespace (``setns`` needs
 CAP_SYS_ADMIN, which the daemon does not have and the Docker path never
@@ -15,11 +15,11 @@ All functions block: they run in hostnic's netlink thread, whose own socket
 
 from __future__ import annotations
 
-import ctypes
 import errno
+import fcntl
 import os
 import socket
-import threading
+from typing import Sequence
 
 import attrs
 
@@ -31,33 +31,38 @@ from hostnic.kernel.rtnl import NETLINK_ROUTE, RTM_NEWADDR, RTM_NEWROUTE
 from hostnic.state.model import Address, Inside, LinkInfo, NicRef, Route, proven
 
 CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
-def hand_over(path: str) -> tuple[int, socket.socket]:
-    """What the process that may enter a namespace does before handing it
-    over: the namespace at ``path`` opened, and a netlink socket made inside
-    it (from a thread of its own that enters it and ends, so the caller's
-    threads stay where they are). OSError if it cannot."""
-    netns = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    made: list[socket.socket] = []
-    failed: list[OSError] = []
+NS_GET_NSTYPE = 0xB703  # ioctl: the kind of namespace a descriptor is
 
-    def inside() -> None:
-        if _libc.setns(netns, CLONE_NEWNET) != 0:
-            code = ctypes.get_errno()
-            failed.append(OSError(code, f"cannot enter {path}: {os.strerror(code)}"))
-            return
-        made.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                  NETLINK_ROUTE))
 
-    thread = threading.Thread(target=inside, name="hostnic-hand-over")
-    thread.start()
-    thread.join()
-    if failed:
-        os.close(netns)
-        raise failed[0]
-    return netns, made[0]
+def open_handed(key: str, fds: Sequence[int]) -> "Sandbox":
+    """The namespace the CNI shim handed over: ``fds`` are the namespace and a
+    netlink socket made inside it (hostnic owns them from here, and closes
+    them if they are not that). HostError, a sentence, if they are not."""
+    try:
+        if len(fds) != 2:
+            raise HostError(f"the namespace {key} was handed over as {len(fds)} descriptors, "
+                            f"not 2 (the namespace and a netlink socket made in it)")
+        netns, sock_fd = fds
+        try:
+            kind = fcntl.ioctl(netns, NS_GET_NSTYPE)
+        except OSError:
+            kind = None
+        if kind != CLONE_NEWNET:
+            raise HostError(f"what was handed over for {key} is not a network namespace")
+        sock = socket.socket(fileno=sock_fd)
+        if sock.family != socket.AF_NETLINK or sock.proto != NETLINK_ROUTE:
+            sock.detach()
+            raise HostError(f"what was handed over for {key} is not a netlink socket")
+        return Sandbox.handed(key, netns, sock)
+    except BaseException:
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        raise
 
 
 @attrs.define(eq=False)

@@ -19,11 +19,17 @@ from hostnic.errors import InvalidOption
 from hostnic.sentences import quoted, short
 
 
+# The common notations of a 48-bit MAC: six groups (":" or "-"), three dotted
+# groups of four, or twelve bare digits. netaddr reads more (bare integers,
+# EUI-64, and "52:54:00" as three 16-bit groups): a NIC's MAC is none of those.
+_MAC = re.compile(r"^(?:[0-9a-fA-F]{1,2}([:-])(?:[0-9a-fA-F]{1,2}\1){4}[0-9a-fA-F]{1,2}"
+                  r"|[0-9a-fA-F]{4}\.[0-9a-fA-F]{4}\.[0-9a-fA-F]{4}|[0-9a-fA-F]{12})$")
+
+
 def normalize_mac(text: str) -> str:
     """Canonical ``aa:bb:cc:dd:ee:ff`` for any common notation of a 48-bit MAC."""
     candidate = text.strip()
-    # netaddr also reads bare integers and EUI-64; a NIC's MAC is neither.
-    if not candidate or candidate.isdigit() or len(candidate) > 32:
+    if len(candidate) > 32 or not _MAC.match(candidate):
         raise InvalidOption(f"{quoted(text)} is not a MAC address")
     try:
         eui = netaddr.EUI(candidate, dialect=netaddr.mac_unix_expanded)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hostnic.kernel import sandbox
+from hostnic.cnishim import hand_over
 from tests.netns.nsutil import NetnsTestCase, ip
 
 pytestmark = pytest.mark.netns
@@ -95,7 +95,7 @@ class HandedNamespaceTests(NetnsTestCase):
         ip("netns", "add", pod)
         self.addCleanup(ip, "netns", "del", pod, check=False)
         key = f"/run/netns/{pod}"
-        netns, sock = sandbox.hand_over(key)
+        netns, sock = hand_over(key)
         self.addCleanup(os.close, netns)
         self.addCleanup(sock.close)
 

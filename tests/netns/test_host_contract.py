@@ -12,6 +12,7 @@ import pytest
 from twisted.internet.defer import Deferred
 
 from hostnic.core.ports import Sandbox
+from hostnic.cnishim import hand_over
 from hostnic.kernel import rtnl, sandbox
 from hostnic.kernel.host import NetlinkHost
 from hostnic.kernel.monitor import LinkMonitor
@@ -108,7 +109,7 @@ class RealHostContractTests(HostContract, NetnsTestCase):
         ip("netns", "add", name)
         self.addCleanup(ip, "netns", "del", name, check=False)
         path = f"/run/netns/{name}"
-        handed = sandbox.Sandbox.handed(path, *sandbox.hand_over(path))
+        handed = sandbox.Sandbox.handed(path, *hand_over(path))
         self.addCleanup(handed.close)
         self.pods[path] = name
         return handed

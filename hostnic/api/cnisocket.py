@@ -1,0 +1,154 @@
+"""The CNI endpoint: the ``hostnic-cni`` shim's one request per connection.
+
+A frame is a 4-byte big-endian length and that many bytes of JSON. The shim
+sends the namespace it hands over as two descriptors (the namespace, and a
+netlink socket made inside it) with the frame's first bytes; Twisted
+delivers them before those bytes. The answer is one frame,
+``{"exit": N, "output": {...}}``, and the connection closes.
+
+Guards as the HTTP endpoints have them: a frame larger than ``MAX_FRAME`` is
+refused when its length arrives, a request must arrive whole within the
+deadline, at most ``max_connections`` are open, more than two descriptors
+are closed at once. A call runs to its end even if the shim goes away, and
+a stop waits for the calls under way (``drain``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IFileDescriptorReceiver
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from hostnic import strictjson
+from hostnic.api.cni import DECODING_FAILURE, CNIAPI, CNIError, error_json
+from hostnic.strictjson import NotJSON
+
+HEADER = struct.Struct(">I")
+MAX_FRAME = 1 << 20  # a network configuration with its prevResult is a few KiB
+MAX_FDS = 2
+
+
+def frame(value: Any) -> bytes:
+    data = json.dumps(value, allow_nan=False).encode()
+    return HEADER.pack(len(data)) + data
+
+
+@implementer(IFileDescriptorReceiver)
+class CNIConnection(Protocol):
+    factory: "CNIFactory"
+    transport: Any
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.fds: list[int] = []
+        self.started = False
+        self.deadline: Any = None
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        if factory.draining or len(factory.connections) >= factory.max_connections:
+            self.transport.loseConnection()
+            return
+        factory.connections.add(self)
+        self.deadline = factory.reactor.callLater(factory.request_seconds,
+                                                  self.transport.loseConnection)
+
+    def fileDescriptorReceived(self, fd: int) -> None:
+        if self.started or len(self.fds) >= MAX_FDS:
+            os.close(fd)  # not asked for: never held
+        else:
+            self.fds.append(fd)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.started:
+            return
+        self.buffer += data
+        if len(self.buffer) < HEADER.size:
+            return
+        (length,) = HEADER.unpack_from(self.buffer)
+        if length > MAX_FRAME:
+            self._answer(1, error_json("1.1.0", CNIError(
+                DECODING_FAILURE, f"the request is larger than {MAX_FRAME} bytes")))
+            return
+        if len(self.buffer) < HEADER.size + length:
+            return
+        raw = self.buffer[HEADER.size:HEADER.size + length]
+        self.started, self.buffer = True, b""
+        self._stop_deadline()
+        try:
+            request = strictjson.loads(raw)
+        except NotJSON:
+            self._answer(1, error_json("1.1.0", CNIError(DECODING_FAILURE,
+                                                         "the request is not JSON")))
+            return
+        fds, self.fds = self.fds, []
+        # The call runs to its end whatever becomes of the connection.
+        call = Deferred.fromCoroutine(self.factory.api.handle(request, fds))
+        self.factory.calls.add(call)
+        call.addBoth(self._done, call)
+
+    def _done(self, answer: Any, call: "Deferred[Any]") -> None:
+        self.factory.calls.discard(call)
+        if isinstance(answer, Failure):  # (handle answers every error itself)
+            answer = (1, error_json("1.1.0", CNIError(199, "hostnic failed to process "
+                                                           "the request")))
+        self._answer(*answer)
+        self.factory.idle_check()
+
+    def _answer(self, status: int, output: dict[str, Any]) -> None:
+        self.started = True
+        if self.transport.connected:
+            self.transport.write(frame({"exit": status, "output": output}))
+            self.transport.loseConnection()
+
+    def _stop_deadline(self) -> None:
+        if self.deadline is not None and self.deadline.active():
+            self.deadline.cancel()
+        self.deadline = None
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stop_deadline()
+        for fd in self.fds:  # descriptors of a request that never came whole
+            os.close(fd)
+        self.fds = []
+        self.factory.connections.discard(self)
+
+
+class CNIFactory(Factory[CNIConnection]):
+    def __init__(self, api: CNIAPI, reactor: Any, max_connections: int = 64,
+                 request_seconds: float = 30.0) -> None:
+        self.api = api
+        self.reactor = reactor
+        self.max_connections = max_connections
+        self.request_seconds = request_seconds
+        self.connections: set[CNIConnection] = set()
+        self.calls: set[Deferred[Any]] = set()
+        self.draining = False
+        self._drained: list[Deferred[None]] = []
+
+    def buildProtocol(self, addr: Any) -> CNIConnection:
+        connection = CNIConnection()
+        connection.factory = self
+        return connection
+
+    def drain(self) -> "Deferred[None]":
+        """Take no new request; fires when the calls under way are answered."""
+        self.draining = True
+        if not self.calls:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._drained.append(waiter)
+        return waiter
+
+    def idle_check(self) -> None:
+        if self.draining and not self.calls:
+            waiters, self._drained = self._drained, []
+            for waiter in waiters:
+                waiter.callback(None)
