@@ -124,7 +124,8 @@ class BenchHost:
              *os.environ.get("HOSTNIC_BENCH_TWISTD_ARGS", "").split(), "hostnic",
              "--socket", f"unix:{self.sock}:lockfile=1",
              "--state-dir", os.path.join(self.work, "state"),
-             "--admin", f"unix:{self.admin}:lockfile=1"],
+             "--admin", f"unix:{self.admin}:lockfile=1",
+             "--cni", f"unix:{os.path.join(self.work, 'cni.sock')}:lockfile=1"],
             stdout=open(os.path.join(self.work, "log"), "ab"), stderr=subprocess.STDOUT)
         return first_answer(self.sock, self.proc, started,
                             lambda: "hostnic did not start: " + self.log()[-2000:])

@@ -159,6 +159,7 @@ class Soak:
             ["ip", "netns", "exec", self.ns, TWISTD, "-n", "--pidfile=", "hostnic",
              "--socket", f"unix:{self.sock}:lockfile=1",
              "--admin", f"unix:{self.admin}:mode=600:lockfile=1",
+             "--cni", f"unix:{self.admin}.cni:mode=600:lockfile=1",
              "--state-dir", self.state],
             env=env, stdout=open(os.path.join(self.work, "plugin.log"), "ab"),
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -105,7 +105,22 @@ def ask_daemon(path: str, request: dict[str, Any], fds: list[int]) -> tuple[int,
 def run_ipam(config: dict[str, Any], raw: bytes, command: str) -> Any:
     """Run the IPAM plugin ``ipam.type`` from ``CNI_PATH`` for ``command``
     with the runtime's environment and configuration; its result (ADD), or
-    Failed with its error."""
+    Failed with its error. A 1.1.0 configuration is given to it as 1.0.0
+    (prevResult included): IPAM results are the same in both, and IPAM
+    plugins that predate 1.1.0 (Debian 12's) refuse it."""
+    if config.get("cniVersion") == "1.1.0":
+        older: dict[str, Any] = {**config, "cniVersion": "1.0.0"}
+        previous = config.get("prevResult")
+        if isinstance(previous, dict):
+            older["prevResult"] = {
+                **previous, "cniVersion": "1.0.0",
+                "interfaces": [{k: v for k, v in i.items() if k not in ("mtu", "pciID")}
+                               for i in previous.get("interfaces") or [] if isinstance(i, dict)]}
+        raw = json.dumps(older).encode()
+    return _run_ipam(config, raw, command)
+
+
+def _run_ipam(config: dict[str, Any], raw: bytes, command: str) -> Any:
     kind = config["ipam"].get("type") if isinstance(config["ipam"], dict) else None
     if not isinstance(kind, str) or not kind or "/" in kind:
         raise Failed(INVALID_CONFIG, "ipam.type must name an IPAM plugin")

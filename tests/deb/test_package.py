@@ -4,6 +4,7 @@ twice), then dpkg -r and dpkg -P leave exactly what they should."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -23,7 +24,8 @@ pytestmark = pytest.mark.deb
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = Path("/lib/systemd/system")
 SOCKET_PATH = "/run/docker/plugins/hostnic.sock"
-LEFT_BEHIND = ["/opt/venvs/hostnic", "/usr/bin/hostnic-ctl", "/etc/default/hostnic",
+LEFT_BEHIND = ["/opt/venvs/hostnic", "/usr/bin/hostnic-ctl", "/usr/lib/cni/hostnic",
+               "/opt/cni/bin/hostnic", "/etc/default/hostnic",
                "/lib/systemd/system/hostnic.service", "/lib/systemd/system/hostnic.socket",
                "/etc/systemd/system/sockets.target.wants/hostnic.socket",
                "/etc/systemd/system/multi-user.target.wants/hostnic.service",
@@ -73,6 +75,10 @@ def test_package_metadata_and_contents(deb: Path) -> None:
     listing = run("dpkg-deb", "-c", str(deb)).stdout
     assert "dropin.cache" not in listing
     assert "./usr/bin/hostnic-ctl -> /opt/venvs/hostnic/bin/hostnic-ctl" in listing
+    # The CNI plugin where Debian's podman looks, and where containerd and
+    # Kubernetes look.
+    assert "./usr/lib/cni/hostnic -> /opt/venvs/hostnic/bin/hostnic-cni" in listing
+    assert "./opt/cni/bin/hostnic -> /opt/venvs/hostnic/bin/hostnic-cni" in listing
     with tempfile.TemporaryDirectory() as control:
         run("dpkg-deb", "-e", str(deb), control)
         assert Path(control, "conffiles").read_text().split() == ["/etc/default/hostnic"]
@@ -94,6 +100,10 @@ def test_installed_units(installed: Path) -> None:
     # Built by postinst, never shipped.
     assert Path("/opt/venvs/hostnic/lib/python3.11/site-packages/twisted/plugins/dropin.cache").exists()
     assert run("/usr/bin/hostnic-ctl", "--help").returncode == 0
+    for plugin in ("/usr/lib/cni/hostnic", "/opt/cni/bin/hostnic"):
+        version = subprocess.run([plugin], input=b'{"cniVersion": "1.0.0"}', capture_output=True,
+                                 env={"CNI_COMMAND": "VERSION"}, timeout=30)
+        assert json.loads(version.stdout)["supportedVersions"] == ["0.4.0", "1.0.0", "1.1.0"]
 
 
 def test_socket_activated_service_serves_dockerd(installed: Path) -> None:

@@ -49,7 +49,7 @@ class ActivationTests(NetnsTestCase):
             ["ip", "netns", "exec", self.ns, "sh", "-c", 'export LISTEN_PID=$$; exec "$@"', "sh",
              TWISTD, "-n", "--pidfile=", "--logger", "hostnic.daemon.journald.observer", "hostnic",
              "--socket", "systemd:domain=UNIX:name=hostnic.sock",
-             "--admin", f"unix:{self.work}/admin.sock",
+             "--admin", f"unix:{self.work}/admin.sock", "--cni", f"unix:{self.work}/cni.sock",
              "--state-dir", os.path.join(self.work, "state")],
             env=env, close_fds=False, preexec_fn=lambda: self.as_fd3(fd),
             stdout=open(os.path.join(self.work, "log"), "ab"), stderr=subprocess.STDOUT)

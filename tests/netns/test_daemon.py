@@ -47,6 +47,7 @@ class DaemonTestCase(NetnsTestCase):
             ["ip", "netns", "exec", self.ns, TWISTD, "-n", "--pidfile=", "hostnic",
              "--socket", f"unix:{self.sock}:lockfile=1",
              "--admin", f"unix:{self.admin_sock}:mode=600:lockfile=1",
+             "--cni", f"unix:{self.work}/cni.sock:mode=600:lockfile=1",
              "--state-dir", os.path.join(self.work, "state"), *extra],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.addCleanup(self.kill)
@@ -305,7 +306,7 @@ class AdminDaemonTests(DaemonTestCase):
         refused = subprocess.run(
             ["ip", "netns", "exec", self.ns, TWISTD, "-n", "--pidfile=", "hostnic",
              "--socket", f"unix:{self.sock}", "--state-dir", os.path.join(self.work, "s"),
-             "--admin", f"tcp:{port}:interface=127.0.0.1"],
+             "--admin", f"tcp:{port}:interface=127.0.0.1", "--cni", ""],
             capture_output=True, text=True, timeout=60)
         self.assertNotEqual(refused.returncode, 0)
         self.assertIn("needs --admin-token-file", refused.stdout + refused.stderr)
@@ -345,6 +346,7 @@ class AdminDaemonTests(DaemonTestCase):
                   TWISTD, "-n", "--pidfile=", "hostnic",
                   "--socket", f"unix:{self.work}/second.sock",
                   "--admin", f"unix:{self.work}/second-admin.sock",
+                  "--cni", f"unix:{self.work}/second-cni.sock",
                   "--state-dir", os.path.join(self.work, "second-state")]
         refused = subprocess.run(second, capture_output=True, text=True, timeout=60)
         said = refused.stdout + refused.stderr

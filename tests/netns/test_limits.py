@@ -107,7 +107,8 @@ class TokenTests(DaemonTestCase):
         result = subprocess.run(
             ["ip", "netns", "exec", self.ns, TWISTD, "-n", "--pidfile=", "hostnic",
              "--socket", f"unix:{self.sock}", "--state-dir", os.path.join(self.work, "s"),
-             *args], capture_output=True, text=True, timeout=60)
+             "--cni", f"unix:{self.work}/cni.sock", *args], capture_output=True, text=True,
+            timeout=60)
         self.assertNotEqual(result.returncode, 0)
         self.assertNotIn("Traceback", result.stdout + result.stderr)
         return result.stdout + result.stderr
@@ -165,7 +166,8 @@ class StartupTests(DaemonTestCase):
         result = subprocess.run(
             ["ip", "netns", "exec", self.ns, TWISTD, "-n", "--pidfile=", "hostnic",
              "--socket", f"unix:{self.sock}", "--admin", f"unix:{self.admin_sock}",
-             "--state-dir", state], capture_output=True, text=True, timeout=60)
+             "--cni", f"unix:{self.work}/cni.sock", "--state-dir", state],
+            capture_output=True, text=True, timeout=60)
         self.assertEqual(result.returncode, 1)
         lines = (result.stdout + result.stderr).strip().splitlines()
         self.assertEqual(len(lines), 1, lines)
@@ -184,6 +186,7 @@ class StartupTests(DaemonTestCase):
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", self.ns, TWISTD, "-n", "--pidfile=", "hostnic",
              "--socket", f"unix:{self.sock}", "--admin", f"unix:{self.admin_sock}",
+             "--cni", f"unix:{self.work}/cni.sock",
              "--state-dir", os.path.join(self.work, "state")],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.addCleanup(self.kill)

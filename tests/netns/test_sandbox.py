@@ -60,7 +60,8 @@ class SandboxTests(DaemonTestCase):
              "sh", "-c", SANDBOX, "sandbox", state, self.work,
              "setpriv", f"--bounding-set={bounding}", "--inh-caps=-all", *privileges,
              TWISTD, "-n", "--pidfile=", "hostnic", "--socket", f"unix:{self.sock}:lockfile=1",
-             "--admin", f"unix:{self.admin_sock}:mode=600:lockfile=1", "--state-dir", state],
+             "--admin", f"unix:{self.admin_sock}:mode=600:lockfile=1",
+             "--cni", f"unix:{self.work}/cni.sock:mode=600:lockfile=1", "--state-dir", state],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd="/")
         self.addCleanup(self.kill)
         self.wait_started()
