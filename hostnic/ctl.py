@@ -179,11 +179,16 @@ def render(command: str, result: Any) -> str:
         return table(rows, [("id", "NETWORK"), ("gateway", "GATEWAY"), ("subnets", "SUBNETS"),
                             ("in_use", "IN USE"), ("pool", "POOL")])
     if command == "endpoints":
-        rows = [{**e, "endpoint": short(e["endpoint"]), "network": short(e["network"]),
+        # Docker's endpoints and CNI's attachments (a container's interface).
+        rows = [{**e, "owner": e.get("owner", "docker"),
+                 "endpoint": (f"{short(e['cni']['container_id'])}/{e['cni']['ifname']}"
+                              if e.get("cni") else short(e["endpoint"])),
+                 "network": e["cni"]["network"] if e.get("cni") else short(e["network"]),
                  "joined": when(e["joined_at"]),
                  "was": (e["original"] or {}).get("name")} for e in result]
-        return table(rows, [("endpoint", "ENDPOINT"), ("network", "NETWORK"), ("mac", "MAC"),
-                            ("was", "HOST NAME"), ("phase", "PHASE"), ("joined", "JOINED"),
+        return table(rows, [("owner", "OWNER"), ("endpoint", "ENDPOINT"),
+                            ("network", "NETWORK"), ("mac", "MAC"), ("was", "HOST NAME"),
+                            ("phase", "PHASE"), ("joined", "JOINED"),
                             ("sandbox_key", "SANDBOX")])
     if command == "nics":
         rows = [{**n, "kind": n["driver"] or n["kind"], "network": short(n["network"]),

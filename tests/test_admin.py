@@ -99,6 +99,23 @@ class MethodTests(AdminTestCase):
                           "addresses": ["10.1.1.5/24"]})
         self.assertEqual(original["sysctls"]["ipv4/rp_filter"], "0")
 
+    def test_cni_attachments_beside_docker_endpoints(self) -> None:
+        read, write = os.pipe()
+        assert self.daemon is not None
+        status, _ = self.call(self.daemon.cni.handle(
+            {"env": {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c" * 64, "CNI_IFNAME": "net1",
+                     "CNI_NETNS": "/var/run/netns/cni-1"},
+             "config": {"cniVersion": "1.0.0", "name": "tenant", "mac": MAC2}}, [read, write]))
+        self.assertEqual(status, 0)
+        endpoints = {e["owner"]: e for e in self.result("endpoints.list")}
+        self.assertEqual(endpoints["docker"]["cni"], None)
+        pod = endpoints["cni"]
+        self.assertEqual((pod["cni"], pod["mac"], pod["phase"], pod["sandbox_key"]),
+                         ({"network": "tenant", "container_id": "c" * 64, "ifname": "net1"},
+                          MAC2, "joined", "/var/run/netns/cni-1"))
+        self.assertIn("hostnic_cni_attachments 1\n", self.http("GET", "metrics")[1].decode())
+        self.assertEqual(self.result("metrics")["CNI.ADD"]["count"], 1)
+
     def test_nics(self) -> None:
         nics = {n["mac"]: n for n in self.result("nics.list")}
         self.assertEqual({mac: n["status"] for mac, n in nics.items()}, {

@@ -236,6 +236,10 @@ class AdminAPI:
         pooled = {nic.mac for n in state.networks.values() for nic in n.pool}
         lines += ["# TYPE hostnic_networks gauge", f"hostnic_networks {len(state.networks)}",
                   "# TYPE hostnic_endpoints gauge", f"hostnic_endpoints {len(state.claims)}",
+                  "# HELP hostnic_cni_attachments Claims a CNI runtime holds (of the endpoints).",
+                  "# TYPE hostnic_cni_attachments gauge",
+                  f"hostnic_cni_attachments "
+                  f"{sum(1 for c in state.claims.values() if c.attachment is not None)}",
                   "# TYPE hostnic_nics gauge",
                   f'hostnic_nics{{state="claimed"}} {len(claimed)}',
                   f'hostnic_nics{{state="free"}} {len(pooled - claimed)}',

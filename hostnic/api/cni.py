@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from typing import Any, Callable, Mapping, Sequence
 
 import netaddr
@@ -21,6 +22,7 @@ from twisted.logger import Logger
 
 from hostnic.core.commands import (AttachNic, Attached, CheckAttachment, CollectAttachments,
                                    DetachNic, InsideConfig, NicChoice)
+from hostnic.core.narration import telling
 from hostnic.core.owner import Core
 from hostnic.core.ports import Sandbox
 from hostnic.errors import HostError, HostnicError, NicUnavailable, PoolExhausted, StoreError
@@ -30,6 +32,7 @@ from hostnic.state.model import (AF_INET, AF_INET6, Address, Attachment, Route, 
 
 log = Logger()
 VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
+COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS")  # (VERSION: the shim answers it)
 # The spec's error codes, and hostnic's own (100 and up).
 INCOMPATIBLE_VERSION, UNSUPPORTED_FIELD, UNKNOWN_CONTAINER = 1, 2, 3
 INVALID_ENVIRONMENT, IO_FAILURE, DECODING_FAILURE, INVALID_CONFIG = 4, 5, 6, 7
@@ -198,13 +201,36 @@ def error_json(version: str, error: CNIError) -> dict[str, Any]:
 class CNIAPI:
     """Serves the shim's forwarded commands over the core."""
 
-    def __init__(self, core: Core, open_sandbox: OpenSandbox) -> None:
+    def __init__(self, core: Core, open_sandbox: OpenSandbox,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.core = core
         self.open_sandbox = open_sandbox
+        self.clock = clock
 
     async def handle(self, request: Any, fds: Sequence[int]) -> tuple[int, dict[str, Any]]:
-        """One command: ``(exit status, what the shim prints)``. Every failure
-        is a CNI error; the descriptors are closed whatever happens."""
+        """One command: ``(exit status, what the shim prints)``, counted and
+        logged as the driver's calls are (``CNI.ADD``, ...)."""
+        started = self.clock()
+        with telling() as story:
+            status, output = await self._handle(request, fds)
+        env = request.get("env") if isinstance(request, dict) else None
+        command = env.get("CNI_COMMAND") if isinstance(env, dict) else None
+        method = f"CNI.{command}" if command in COMMANDS else "CNI.(unknown)"
+        duration = self.clock() - started
+        error = output.get("msg") if status else None
+        self.core.events.record(method, duration, error)
+        what = f": {'; '.join(story)}" if story else ""
+        if error is None:
+            log.info("{method} ok in {ms:.1f} ms{what}", method=method, ms=duration * 1000,
+                     what=what, outcome="ok")
+        else:
+            log.warn("{method} refused in {ms:.1f} ms: {error}{what}", method=method,
+                     ms=duration * 1000, error=error, what=what, outcome="refused")
+        return status, output
+
+    async def _handle(self, request: Any, fds: Sequence[int]) -> tuple[int, dict[str, Any]]:
+        """Every failure is a CNI error; the descriptors are closed whatever
+        happens."""
         version = "1.1.0"
         sandbox: Sandbox | None = None
         try:
@@ -217,7 +243,7 @@ class CNIAPI:
             if isinstance(asked, str) and asked in VERSIONS:
                 version = asked
             command = env.get("CNI_COMMAND")
-            if command not in ("ADD", "DEL", "CHECK", "GC", "STATUS"):
+            if command not in COMMANDS:
                 raise CNIError(INVALID_ENVIRONMENT, f"CNI_COMMAND {quoted(command)} is not one "
                                                     f"hostnic serves here")
             self._check_version(asked)

@@ -38,7 +38,12 @@ def adopted_view(adopted: Adopted | None) -> dict[str, Any] | None:
 def claim_view(claim: Claim, present: bool,
                restores: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     restore = (restores or {}).get(claim.mac)
-    return {"endpoint": claim.endpoint_id, "network": claim.network_id, "mac": claim.mac,
+    attachment = claim.attachment
+    return {"owner": "cni" if attachment else "docker",
+            # A CNI attachment's names (its endpoint id is made from them).
+            "cni": {"network": attachment.network, "container_id": attachment.container_id,
+                    "ifname": attachment.ifname} if attachment else None,
+            "endpoint": claim.endpoint_id, "network": claim.network_id, "mac": claim.mac,
             "perm_mac": claim.nic.perm, "pci": claim.nic.pci, "transit_name": claim.transit_name,
             "phase": claim.phase.value, "created_at": claim.created_at,
             "joined_at": claim.joined_at, "sandbox_key": claim.sandbox_key,
