@@ -440,14 +440,16 @@ class FakeHost:
         return link.info()
 
 
-@attrs.frozen
+@attrs.define(eq=False)
 class FakeSandbox:
     """A namespace handed over, by the path it was named by."""
 
     key: str
+    closed: bool = False
 
     def close(self) -> None:
-        pass
+        assert not self.closed, f"{self.key} closed twice"
+        self.closed = True
 
 
 def _implements_the_port(host: FakeHost) -> HostPort:

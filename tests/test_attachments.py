@@ -20,19 +20,22 @@ from tests.fakes import FakeSandbox
 from tests.helpers import (EP, MAC1, MAC2, CoreTestCase, claim_request, endpoint_body,
                            network_body)
 
-POD = FakeSandbox("/var/run/netns/cni-1")
-POD2 = FakeSandbox("/var/run/netns/cni-2")
+POD, POD2 = "/var/run/netns/cni-1", "/var/run/netns/cni-2"
+
+
+def handed(key: str = POD) -> FakeSandbox:
+    """The namespace at ``key`` as a request hands it over (each its own)."""
+    return FakeSandbox(key)
 ATT = Attachment("tenant", "c" * 64, "net1")
 ATT2 = Attachment("tenant", "d" * 64, "net1")
 STATIC = InsideConfig(addresses=(Address(AF_INET, "10.8.0.5", 24),), gateway4="10.8.0.1",
                       routes=(Route(AF_INET, "10.9.0.0", 16),))
 
 
-def attach(attachment: Attachment = ATT, sandbox: FakeSandbox = POD,
-           **kwargs: Any) -> AttachNic:
+def attach(attachment: Attachment = ATT, key: str = POD, **kwargs: Any) -> AttachNic:
     kwargs.setdefault("choice", NicChoice(macs=(MAC1,)))
     kwargs.setdefault("config", STATIC)
-    return AttachNic(attachment=attachment, sandbox=sandbox, **kwargs)
+    return AttachNic(attachment=attachment, sandbox=handed(key), **kwargs)
 
 
 class AttachTests(CoreTestCase):
@@ -57,22 +60,22 @@ class AttachTests(CoreTestCase):
         violations = self.watch_record_before_touch()
         attached = self.call(self.core.attach(attach(mtu=1400)))
         self.assertEqual(violations, [])
-        self.assertEqual(self.inside(), (POD.key, "net1", 1400, True, ["10.8.0.5/24"],
+        self.assertEqual(self.inside(), (POD, "net1", 1400, True, ["10.8.0.5/24"],
                                          [(None, 0, "10.8.0.1"), ("10.9.0.0", 16, "10.8.0.1")]))
         self.assertEqual((attached.mac, attached.ifname, attached.mtu, attached.sandbox),
-                         (MAC1, "net1", 1400, POD.key))
+                         (MAC1, "net1", 1400, POD))
         claim = self.durable().claims[ATT.endpoint_id]
         self.assertEqual((claim.phase, claim.attachment, claim.sandbox_key),
-                         (Phase.JOINED, ATT, POD.key))
+                         (Phase.JOINED, ATT, POD))
         self.assertEqual(claim.original and claim.original.name, "ens4")
 
     def test_del_brings_it_home_as_recorded_and_releases_it(self) -> None:
         self.call(self.core.attach(attach()))
-        self.call(self.core.detach(DetachNic(ATT, POD)))
+        self.call(self.core.detach(DetachNic(ATT, handed())))
         self.assert_home_as_recorded()
         self.assertEqual(self.durable().claims, {})
         # Again, and for something never held: nothing to do, no error.
-        self.call(self.core.detach(DetachNic(ATT, POD)))
+        self.call(self.core.detach(DetachNic(ATT, handed())))
         self.call(self.core.detach(DetachNic(ATT2)))
 
     def test_del_after_the_namespace_died_restores_what_the_kernel_returned(self) -> None:
@@ -91,7 +94,7 @@ class AttachTests(CoreTestCase):
             self.assertEqual(self.durable().claims, {}, step)
 
     def test_a_name_taken_inside_is_refused_and_nothing_is_kept(self) -> None:
-        self.host.add_inside(POD.key, "net1", "02:00:00:00:00:77")
+        self.host.add_inside(POD, "net1", "02:00:00:00:00:77")
         self.assertIn("net1", self.refused(self.core.attach(attach()), HostError))
         self.assert_home_as_recorded()
         self.assertEqual(self.durable().claims, {})
@@ -101,13 +104,13 @@ class AttachTests(CoreTestCase):
         self.original = self.nic.state()
         self.call(self.core.attach(attach(adopt=True, config=InsideConfig())))
         self.assertEqual(self.inside()[4:], (["192.168.9.4/24"], [(None, 0, "192.168.9.1")]))
-        self.call(self.core.detach(DetachNic(ATT, POD)))
+        self.call(self.core.detach(DetachNic(ATT, handed())))
         self.assert_home_as_recorded()
 
     def test_an_add_repeated_gives_back_what_the_first_left(self) -> None:
         self.call(self.core.attach(attach()))
         self.call(self.core.attach(attach()))
-        self.assertEqual(self.inside()[:2], (POD.key, "net1"))
+        self.assertEqual(self.inside()[:2], (POD, "net1"))
         self.assertEqual(list(self.core.state.claims), [ATT.endpoint_id])
 
     def test_a_crash_between_any_two_steps_leaves_a_claim_del_gives_back(self) -> None:
@@ -123,12 +126,12 @@ class AttachTests(CoreTestCase):
                     Deferred() if call == step else None)  # never fires: the process is gone
                 cut = Deferred.fromCoroutine(
                     self.core.attach(attach()) if adding
-                    else self.core.detach(DetachNic(ATT, POD)))
+                    else self.core.detach(DetachNic(ATT, handed())))
                 self.assertNoResult(cut)
                 self.assertIn(step, [call for call, _ in self.host.calls])
                 self.host.pause = None
                 self.core = self.new_core()
-                self.call(self.core.detach(DetachNic(ATT, POD)))
+                self.call(self.core.detach(DetachNic(ATT, handed())))
                 self.assert_home_as_recorded()
                 self.assertEqual(self.durable().claims, {})
                 self.host.calls.clear()
@@ -146,14 +149,14 @@ class AttachTests(CoreTestCase):
 
     def test_check_names_what_differs(self) -> None:
         self.call(self.core.attach(attach(mtu=1400)))
-        check = CheckAttachment(ATT, POD, 1400, STATIC)
+        check = CheckAttachment(ATT, handed(), 1400, STATIC)
         self.assertEqual(self.call(self.core.check_attachment(check)), [])
         self.nic.addresses.clear()
         self.nic.mtu = 1500
         self.assertEqual(self.call(self.core.check_attachment(check)),
                          ["MTU 1500, not 1400", "address 10.8.0.5/24 is missing"])
         self.assertIn("holds no attachment", self.call(self.core.check_attachment(
-            CheckAttachment(ATT2, POD)))[0])
+            CheckAttachment(ATT2, handed())))[0])
 
     def test_gc_detaches_what_the_runtime_no_longer_knows(self) -> None:
         self.host.add("ens5", MAC2)
@@ -163,12 +166,34 @@ class AttachTests(CoreTestCase):
         gone = self.call(self.core.collect_attachments(
             CollectAttachments("tenant", frozenset({(ATT2.container_id, "net1")}))))
         self.assertEqual(gone, [ATT])
-        # Its NIC is inside a namespace nobody handed over: the claim is marked
-        # for release, and when the kernel returns the NIC it is restored.
-        self.assertEqual(self.durable().claims[ATT.endpoint_id].phase, Phase.RELEASING)
-        self.host.kernel_returns(self.nic)
+        # Brought home from the namespace its ADD was handed, and restored.
         self.assert_home_as_recorded()
         self.assertEqual([c.attachment for c in self.durable().claims.values()], [ATT2])
+
+    def test_the_namespace_add_was_handed_is_held_until_del(self) -> None:
+        # (containerd's ctr calls DEL with no CNI_NETNS once the task is gone)
+        request = attach()
+        self.call(self.core.attach(request))
+        self.assertFalse(request.sandbox.closed)
+        self.call(self.core.detach(DetachNic(ATT)))
+        self.assert_home_as_recorded()
+        self.assertTrue(request.sandbox.closed)
+        self.assertEqual(self.durable().claims, {})
+        # A stop lets go of what is held.
+        again = attach()
+        self.call(self.core.attach(again))
+        assert self.daemon is not None
+        self.daemon.halt()
+        self.assertTrue(again.sandbox.closed)
+
+    def test_after_a_restart_a_nic_the_kernel_returns_is_given_back(self) -> None:
+        self.call(self.core.attach(attach()))
+        self.core = self.new_core()  # nothing held any more
+        self.call(self.core.detach(DetachNic(ATT)))  # the namespace is gone
+        self.assertEqual(self.durable().claims[ATT.endpoint_id].phase, Phase.RELEASING)
+        self.host.kernel_returns(self.nic)  # a physical NIC comes home by itself
+        self.assert_home_as_recorded()
+        self.assertEqual(self.durable().claims, {})
 
 
 class SharedPoolTests(CoreTestCase):

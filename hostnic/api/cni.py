@@ -274,8 +274,8 @@ class CNIAPI:
         finally:
             for fd in fds:  # (not handed to a sandbox)
                 _close(fd)
-            if sandbox is not None:
-                sandbox.close()
+            if sandbox is not None and not self.core.holds_sandbox(sandbox):
+                sandbox.close()  # (an attachment holds its ADD's until its DEL)
 
     @staticmethod
     def _check_version(asked: Any) -> None:

@@ -56,7 +56,39 @@ def inside_routes(config: InsideConfig) -> tuple[Route, ...]:
 
 @attrs.define(eq=False)
 class Attachments:
+    """The CNI front end's half of the core.
+
+    The namespace an ADD was handed is held (its descriptors stay open) until
+    the attachment's DEL: a namespace lives while a descriptor of it is
+    open, so a runtime that calls DEL after the container is gone (containerd's
+    ``ctr run --cni`` does, with no CNI_NETNS) still finds the NIC there, and
+    it comes home to hostnic's namespace; without that, a physical NIC would
+    go to the machine's first namespace and a virtual one would be deleted.
+    Held namespaces live in memory only: after a restart the kernel's return
+    of a physical NIC, and its settle, take over."""
+
     core: "Core"
+    held: dict[str, Sandbox] = attrs.field(factory=dict)  # by endpoint id
+
+    def holds(self, sandbox: Sandbox) -> bool:
+        return any(s is sandbox for s in self.held.values())
+
+    def let_go(self) -> None:
+        """Close every held namespace (the daemon stops)."""
+        held, self.held = self.held, {}
+        for sandbox in held.values():
+            sandbox.close()
+
+    def _hold(self, key: str, sandbox: Sandbox) -> None:
+        previous = self.held.pop(key, None)
+        if previous is not None and previous is not sandbox:
+            previous.close()
+        self.held[key] = sandbox
+
+    def _drop(self, key: str) -> None:
+        previous = self.held.pop(key, None)
+        if previous is not None:
+            previous.close()
 
     def _claim(self, attachment: Attachment) -> Claim | None:
         return self.core.state.claims.get(attachment.endpoint_id)
@@ -82,10 +114,12 @@ class Attachments:
             claim = await self._claim_nic(request)
             try:
                 async with core.locks.hold("nic:" + claim.nic.key):
-                    return await self._attach(claim, request)
+                    attached = await self._attach(claim, request)
             except BaseException:
                 await self._undo(attachment, request.sandbox)
                 raise
+            self._hold(key, request.sandbox)
+            return attached
 
     async def _claim_nic(self, request: AttachNic) -> Claim:
         """A free NIC of the choice, claimed durably (no await between the
@@ -184,10 +218,13 @@ class Attachments:
         assert marked is not None
         crashpoint("detach.marked")
         attachment = claim.attachment
-        if sandbox is not None and attachment is not None:
-            await self.core.host.bring_home(sandbox, claim.nic, attachment.ifname,
+        # The namespace the runtime hands over now, else the one ADD was handed.
+        inside = sandbox or self.held.get(claim.endpoint_id)
+        if inside is not None and attachment is not None:
+            await self.core.host.bring_home(inside, claim.nic, attachment.ifname,
                                             claim.transit_name, claim.lent_index)
             crashpoint("detach.home")
+        self._drop(claim.endpoint_id)  # (the NIC is home, or not in it)
         if not await lender.restore_and_release(marked):
             log.warn("NIC {nic} of {holder} is not back in the host namespace; it will be "
                      "restored when it appears", nic=claim.mac, holder=claim.holder)

@@ -31,7 +31,7 @@ from hostnic.core.guards import refusal
 from hostnic.core.lending import Lender, Released
 from hostnic.core.locks import KeyedLocks
 from hostnic.core.narration import narrate, untold
-from hostnic.core.ports import HostPort
+from hostnic.core.ports import HostPort, Sandbox
 from hostnic.core.readmodel import CoreView, HostView
 from hostnic.core.retry import Retrier
 from hostnic.errors import HostnicError, NicUnavailable, UnknownObject
@@ -409,6 +409,11 @@ class Core:
 
     async def collect_attachments(self, request: CollectAttachments) -> list[Attachment]:
         return await self.attachments.collect(request)
+
+    def holds_sandbox(self, sandbox: Sandbox) -> bool:
+        """Whether an attachment holds ``sandbox`` until its DEL (then the
+        front end must not close it)."""
+        return self.attachments.holds(sandbox)
 
     async def has_free_nic(self, choice: NicChoice) -> bool:
         """Whether a NIC of ``choice`` could be attached now (CNI's STATUS)."""

@@ -102,6 +102,7 @@ class Daemon:
     def halt(self) -> None:
         """Stop at once (as a crash would, but closing what is open)."""
         self.core.retries.stop()
+        self.core.attachments.let_go()
         self.host.stop()
         self.store.close()
 

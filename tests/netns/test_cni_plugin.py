@@ -150,11 +150,24 @@ class CNIPluginTests(DaemonTestCase):
         self.assertEqual(self.nic_at_home(), self.before)
         self.assertEqual(self.claims(), [])
 
-    def test_del_after_the_namespace_is_gone_succeeds(self) -> None:
+    def test_del_after_the_namespace_is_gone_brings_the_nic_home(self) -> None:
+        """As containerd's ctr does: DEL once the task is gone, with no
+        CNI_NETNS. hostnic held the namespace its ADD was handed, so the NIC
+        is still there (a veth would have died with it, and a physical NIC
+        gone to the machine's first namespace) and comes home."""
         self.start()
         pod = self.pod()
         self.assertEqual(self.cni("ADD", self.config(), pod)[0], 0)
-        ip("netns", "del", pod)  # (a veth dies with it; a physical NIC would come home)
+        ip("netns", "del", pod)
+        self.assertEqual(self.cni("DEL", self.config()), (0, None))
+        self.assertEqual(self.nic_at_home(), self.before)
+        self.assertEqual(self.claims(), [])
+        # After a restart nothing is held: DEL of a gone namespace still succeeds.
+        pod = self.pod()
+        self.assertEqual(self.cni("ADD", self.config(), pod)[0], 0)
+        self.kill()
+        self.start()
+        ip("netns", "del", pod)  # (the veth dies with it)
         self.assertEqual(self.cni("DEL", self.config(), pod), (0, None))
 
     def test_without_the_daemon_add_says_so_and_del_succeeds(self) -> None:
