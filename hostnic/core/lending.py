@@ -228,7 +228,7 @@ class Lender:
         if current is not None and current.nic == claim.nic:
             await self.ledger.put_claim(current, None)
             crashpoint("delete.released")
-            narrate(f"endpoint {short(claim.endpoint_id)} released NIC {claim.mac}")
+            narrate(f"{claim.holder} released NIC {claim.mac}")
         return True
 
     def _restored(self, claim: Claim, found_as: str, problems: tuple[str, ...]) -> None:

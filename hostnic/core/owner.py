@@ -229,8 +229,8 @@ class Core:
         if link.kind is not None:
             self.log.warn(
                 "NIC {mac} ({name}) is a virtual {kind} link: if a container's "
-                "namespace dies without dockerd, the kernel deletes it instead of "
-                "giving it back", mac=nic.mac, name=link.name, kind=link.kind)
+                "namespace dies before the NIC is given back, the kernel deletes it "
+                "instead of returning it", mac=nic.mac, name=link.name, kind=link.kind)
 
     async def drop_network(self, network_id: str) -> None:
         await self.ready()
