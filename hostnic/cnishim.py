@@ -15,15 +15,15 @@ daemon's dependencies.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import socket
 import struct
-import subprocess
 import sys
-import threading
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
 DEFAULT_SOCKET = "/run/hostnic/cni.sock"
@@ -46,6 +46,8 @@ def hand_over(path: str) -> tuple[int, socket.socket]:
     """The namespace at ``path`` opened, and a netlink socket made inside it
     (from a thread of its own that enters it and ends, so the caller's
     threads stay where they are). OSError if it cannot."""
+    import ctypes  # (here, not at start: VERSION, GC and STATUS need none of it)
+    import threading
     netns = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     made: list[socket.socket] = []
     failed: list[OSError] = []
@@ -121,6 +123,7 @@ def run_ipam(config: dict[str, Any], raw: bytes, command: str) -> Any:
 
 
 def _run_ipam(config: dict[str, Any], raw: bytes, command: str) -> Any:
+    import subprocess
     kind = config["ipam"].get("type") if isinstance(config["ipam"], dict) else None
     if not isinstance(kind, str) or not kind or "/" in kind:
         raise Failed(INVALID_CONFIG, "ipam.type must name an IPAM plugin")
