@@ -128,6 +128,9 @@ class AddTests(CNITestCase):
                                                     "config": CONFIG}, []))[1]["code"], 4)
 
     def test_a_nic_held_elsewhere_and_a_name_taken_inside_are_refused(self) -> None:
+        code, msg = self.error("ADD", {**CONFIG, "mac": "02:00:00:00:00:42"}, IPAM)
+        self.assertEqual((code, msg), (100, "there is no NIC with MAC 02:00:00:00:00:42 in "
+                                            "the host network namespace"))
         self.assertEqual(self.serve("ADD", ipam=IPAM)[0], 0)
         code, msg = self.error("ADD", ipam=IPAM, container="d" * 64)
         self.assertEqual(code, 100)
