@@ -70,41 +70,61 @@ def hand_over(path: str) -> tuple[int, socket.socket]:
     return netns, made[0]
 
 
+class NotRunning(ConnectionError):
+    """Nothing listens on the CNI socket: hostnic is not running."""
+
+
+class NoAnswer(ConnectionError):
+    """hostnic took the request but gave no answer (it may have acted)."""
+
+
 def ask_daemon(path: str, request: dict[str, Any], fds: list[int]) -> tuple[int, Any]:
     """Send one request (and the descriptors) to the daemon: its (exit, output).
-    ConnectionError if it does not answer."""
+    NotRunning if nothing listens, NoAnswer if no whole answer came."""
     data = json.dumps(request).encode()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
         sock.settimeout(ANSWER_SECONDS)
         try:
             sock.connect(path)
         except OSError as e:
-            raise ConnectionError(f"hostnic does not answer on {path} ({e.strerror or e}); "
-                                  f"is the hostnic service running?") from None
-        first = HEADER.pack(len(data)) + data
-        if fds:
-            sent = sock.sendmsg([first], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                           struct.pack(f"{len(fds)}i", *fds))])
-        else:
-            sent = sock.send(first)
-        sock.sendall(first[sent:])
+            raise NotRunning(f"hostnic does not answer on {path} ({e.strerror or e}); "
+                             f"is the hostnic service running?") from None
         raw = b""
-        while True:
-            try:
+        try:
+            first = HEADER.pack(len(data)) + data
+            if fds:
+                sent = sock.sendmsg([first], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                               struct.pack(f"{len(fds)}i", *fds))])
+            else:
+                sent = sock.send(first)
+            if sent < len(first):  # (sendall of nothing still writes: EPIPE if answered)
+                sock.sendall(first[sent:])
+            while True:
                 chunk = sock.recv(1 << 16)
-            except socket.timeout:
-                raise ConnectionError(f"hostnic did not answer on {path} within "
-                                      f"{ANSWER_SECONDS:.0f} s") from None
-            if not chunk:
-                break
-            raw += chunk
+                if not chunk:
+                    break
+                raw += chunk
+        except socket.timeout:
+            raise NoAnswer(f"hostnic did not answer on {path} within "
+                           f"{ANSWER_SECONDS:.0f} s") from None
+        except OSError as e:
+            raise NoAnswer(f"hostnic closed the connection on {path} without an answer "
+                           f"({e.strerror or e})") from None
     if len(raw) < HEADER.size or len(raw) < HEADER.size + HEADER.unpack_from(raw)[0]:
-        raise ConnectionError(f"hostnic closed the connection on {path} without an answer")
-    answer = json.loads(raw[HEADER.size:HEADER.size + HEADER.unpack_from(raw)[0]])
-    return int(answer["exit"]), answer["output"]
+        raise NoAnswer(f"hostnic closed the connection on {path} without an answer")
+    try:
+        answer = json.loads(raw[HEADER.size:HEADER.size + HEADER.unpack_from(raw)[0]])
+        status, output = answer["exit"], answer["output"]
+        if not isinstance(status, int) or not isinstance(output, (dict, type(None))):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise NoAnswer(f"hostnic answered on {path} with something that is not an "
+                       f"answer") from None
+    return status, output
 
 
-def run_ipam(config: dict[str, Any], raw: bytes, command: str) -> Any:
+def run_ipam(config: dict[str, Any], raw: bytes, command: str,
+             names: dict[str, str] | None = None) -> Any:
     """Run the IPAM plugin ``ipam.type`` from ``CNI_PATH`` for ``command``
     with the runtime's environment and configuration; its result (ADD), or
     Failed with its error. A 1.1.0 configuration is given to it as 1.0.0
@@ -119,10 +139,11 @@ def run_ipam(config: dict[str, Any], raw: bytes, command: str) -> Any:
                 "interfaces": [{k: v for k, v in i.items() if k not in ("mtu", "pciID")}
                                for i in previous.get("interfaces") or [] if isinstance(i, dict)]}
         raw = json.dumps(older).encode()
-    return _run_ipam(config, raw, command)
+    return _run_ipam(config, raw, command, names or {})
 
 
-def _run_ipam(config: dict[str, Any], raw: bytes, command: str) -> Any:
+def _run_ipam(config: dict[str, Any], raw: bytes, command: str,
+              names: dict[str, str]) -> Any:
     import subprocess
     kind = config["ipam"].get("type") if isinstance(config["ipam"], dict) else None
     if not isinstance(kind, str) or not kind or "/" in kind:
@@ -135,7 +156,7 @@ def _run_ipam(config: dict[str, Any], raw: bytes, command: str) -> Any:
                                      f"({':'.join(dirs) or 'unset'})")
     try:
         done = subprocess.run([plugin], input=raw, capture_output=True, timeout=IPAM_SECONDS,
-                              env={**os.environ, "CNI_COMMAND": command})
+                              env={**os.environ, **names, "CNI_COMMAND": command})
     except subprocess.TimeoutExpired:
         raise Failed(IO_FAILURE, f"the IPAM plugin {kind} did not answer {command} within "
                                  f"{IPAM_SECONDS:.0f} s") from None
@@ -196,14 +217,19 @@ def serve(command: str, raw: bytes) -> tuple[int, Any]:
                 pass  # gone already: the kernel returns a physical NIC by itself
         try:
             status, output = ask_daemon(path, request, fds)
-        except ConnectionError as e:
-            if command == "DEL":
-                print(f"hostnic-cni: {e}; hostnic gives back what it held when it starts",
-                      file=sys.stderr)
-                status, output = 0, None
-            else:
+        except NotRunning as e:
+            if command != "DEL":
                 raise Failed(NOT_AVAILABLE if command == "STATUS" else TRY_AGAIN_LATER,
                              str(e)) from None
+            # hostnic reconciles what it holds when it starts: a NIC whose
+            # namespace is gone is given back then.
+            print(f"hostnic-cni: {e}; hostnic gives back what it held when it starts",
+                  file=sys.stderr)
+            status, output = 0, None
+        except NoAnswer as e:
+            # It may have acted, or not: the runtime must ask again.
+            raise Failed(NOT_AVAILABLE if command == "STATUS" else TRY_AGAIN_LATER,
+                         str(e)) from None
     except BaseException:
         if command == "ADD" and request["ipam"] is not None:
             _release_address(config, raw)
@@ -217,6 +243,13 @@ def serve(command: str, raw: bytes) -> tuple[int, Any]:
         run_ipam(config, raw, "DEL")
     if command == "CHECK" and ipam and status == 0:
         run_ipam(config, raw, "CHECK")
+    if command == "GC" and ipam and status == 0 and isinstance(output, dict):
+        for gone in output.get("collected") or []:  # their addresses go with them
+            try:
+                run_ipam(config, raw, "DEL", {"CNI_CONTAINERID": str(gone["containerID"]),
+                                              "CNI_IFNAME": str(gone["ifname"])})
+            except (Failed, KeyError, TypeError) as e:
+                print(f"hostnic-cni: releasing an address of {gone}: {e}", file=sys.stderr)
     return status, (output if command == "ADD" or status != 0 else None)
 
 

@@ -279,7 +279,7 @@ class HostContract(Mixin):
         ens = self.nic("ens9", mtu=1400, up=True, addresses=("10.7.0.2/24",))
         pod = self.handed_sandbox()
         moved = self.done(self.host.move_into(ens.index, pod, "net1"))
-        # One step moves and renames it; like every move, it arrives down and bare.
+        # Moved and renamed there; like every move, it arrives down and bare.
         self.assertEqual((moved.name, moved.mac, moved.mtu, moved.up),
                          ("net1", ens.mac, 1400, False))
         self.events_delivered()

@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 from hostnic.api.libnetwork import define_network
 from hostnic.core.commands import (AttachNic, CheckAttachment, CollectAttachments, DetachNic,
                                    InsideConfig, NicChoice)
-from hostnic.errors import HostError, NicUnavailable, PoolExhausted
+from hostnic.errors import HostError, NicUnavailable, PoolExhausted, UnknownObject
 from hostnic.state.model import AF_INET, Address, Attachment, Phase, Route
 from tests.fakes import FakeSandbox
 from tests.helpers import (EP, MAC1, MAC2, CoreTestCase, claim_request, endpoint_body,
@@ -147,6 +147,52 @@ class AttachTests(CoreTestCase):
             ATT2, POD2, choice=NicChoice(names=("nope0",)))), NicUnavailable),
             "there is no interface nope0 in the host network namespace")
 
+    def test_del_handed_another_namespace_still_finds_the_nic_in_the_held_one(self) -> None:
+        # (ctr's /proc/PID/ns/net names another process's namespace once the PID is reused)
+        request = attach()
+        self.call(self.core.attach(request))
+        self.call(self.core.detach(DetachNic(ATT, handed("/proc/4242/ns/net"))))
+        self.assert_home_as_recorded()
+        self.assertTrue(request.sandbox.closed)
+        self.assertEqual(self.durable().claims, {})
+
+    def test_a_nic_named_by_device_and_away_names_its_holder(self) -> None:
+        self.call(self.core.attach(attach(choice=NicChoice(names=("ens4",)))))
+        message = self.refused(self.core.attach(attach(ATT2, POD2, choice=NicChoice(
+            names=("ens4",)))), PoolExhausted)
+        self.assertIn(f"by container {'c' * 12} as net1", message)
+
+    def test_a_nic_whose_mac_changed_is_still_the_claimed_one(self) -> None:
+        self.nic.perm = MAC1  # a physical NIC: its permanent address
+        self.create_network(hostnic_mac=MAC1)
+        self.create_endpoint(EP)  # Docker holds it, at home, not yet joined
+        self.nic.mac = "02:00:00:00:00:66"  # then something rewrites its MAC
+        message = self.refused(self.core.attach(attach(choice=NicChoice(
+            macs=("02:00:00:00:00:66",)))), PoolExhausted)
+        self.assertIn(f"by endpoint {EP[:12]}", message)
+        self.assertEqual(list(self.core.state.claims), [EP])
+
+    def test_a_nic_the_kernel_returns_after_its_pod_died_is_released_without_del(self) -> None:
+        self.call(self.core.attach(attach()))
+        self.host.kernel_returns(self.nic)  # the pod died; its DEL never came
+        self.assert_home_as_recorded()
+        self.assertEqual(self.durable().claims, {})
+        # The namespace it held is let go at the next ADD.
+        self.call(self.core.attach(attach(ATT2)))
+        self.assertEqual(list(self.core.attachments.held), [ATT2.endpoint_id])
+
+    def test_gc_goes_on_past_an_attachment_it_cannot_detach(self) -> None:
+        self.host.add("ens5", MAC2)
+        both = NicChoice(macs=(MAC1, MAC2))
+        self.call(self.core.attach(attach(ATT, POD, choice=both)))
+        self.call(self.core.attach(attach(ATT2, POD2, choice=both)))
+        self.host.fail["bring_home"] = HostError("bring_home failed")
+        self.assertIn("bring_home failed", self.refused(self.core.collect_attachments(
+            CollectAttachments("tenant", frozenset())), HostError))
+        left = [c.attachment for c in self.durable().claims.values()
+                if c.phase is Phase.JOINED or c.phase is Phase.RELEASING]
+        self.assertEqual(len(left), 1)  # the other one was detached
+
     def test_check_names_what_differs(self) -> None:
         self.call(self.core.attach(attach(mtu=1400)))
         check = CheckAttachment(ATT, handed(), 1400, STATIC)
@@ -155,8 +201,8 @@ class AttachTests(CoreTestCase):
         self.nic.mtu = 1500
         self.assertEqual(self.call(self.core.check_attachment(check)),
                          ["MTU 1500, not 1400", "address 10.8.0.5/24 is missing"])
-        self.assertIn("holds no attachment", self.call(self.core.check_attachment(
-            CheckAttachment(ATT2, handed())))[0])
+        self.assertIn("holds no attachment", self.refused(self.core.check_attachment(
+            CheckAttachment(ATT2, handed())), UnknownObject))
 
     def test_gc_detaches_what_the_runtime_no_longer_knows(self) -> None:
         self.host.add("ens5", MAC2)

@@ -97,6 +97,28 @@ class AddTests(CNITestCase):
                 self.assertEqual(os.read(read, 1), b"")
                 self.serve("DEL", config)
 
+    def test_what_is_not_a_namespace_is_refused_and_each_descriptor_closed_once(self) -> None:
+        from hostnic.api import cni
+        from hostnic.kernel import sandbox
+        assert self.daemon is not None
+        api = cni.CNIAPI(self.core, sandbox.open_handed)  # the kernel's, as twistd builds it
+        closed: list[int] = []
+        real_close = os.close
+
+        def close(fd: int) -> None:
+            closed.append(fd)
+            real_close(fd)
+        self.patch(sandbox.os, "close", close)
+        self.patch(cni.os, "close", close)
+        for fds in (list(os.pipe()), [os.pipe()[0]]):
+            closed.clear()
+            status, output = self.call(api.handle(
+                {"env": env("ADD"), "config": CONFIG, "ipam": IPAM}, fds))
+            self.assertEqual((status, output["code"]), (1, 101), output)
+            self.assertIn("not", output["msg"])
+            self.assertEqual(sorted(closed), sorted(fds))
+        self.assertEqual((self.nic.where, self.core.state.claims), ("host", {}))
+
     def test_bad_input_is_a_cni_error_with_the_specs_code(self) -> None:
         cases: list[tuple[dict[str, Any], dict[str, str], Any, int, str]] = [
             ({**CONFIG, "cniVersion": "0.3.1"}, {}, IPAM, 1, "does not speak CNI '0.3.1'"),
@@ -172,7 +194,8 @@ class DelCheckGcStatusTests(CNITestCase):
         self.serve("ADD", pool, IPAM, container="d" * 64, netns="/var/run/netns/cni-2")
         valid = {**pool, "cni.dev/valid-attachments": [{"containerID": "d" * 64,
                                                         "ifname": "net1"}]}
-        self.assertEqual(self.serve("GC", valid), (0, {}))
+        self.assertEqual(self.serve("GC", valid), (0, {"collected": [
+            {"containerID": CONTAINER, "ifname": "net1"}]}))
         self.assertEqual([c.attachment for c in self.core.state.claims.values()
                           if c.phase.value == "joined"],
                          [Attachment("tenant", "d" * 64, "net1")])

@@ -103,10 +103,12 @@ class CNISocketTests(SynchronousTestCase):
         for fd in fds:
             self.assertRaises(OSError, os.close, fd)  # closed with the connection
 
-    def test_connections_past_the_cap_are_closed(self) -> None:
+    def test_connections_past_the_cap_are_answered_try_again_and_closed(self) -> None:
         first, second = Connection(self.factory), Connection(self.factory)
         third = Connection(self.factory)
         self.assertTrue(third.transport.disconnecting)
+        # An answer, so the plugin fails a DEL hostnic did not handle.
+        self.assertEqual(third.answer()["output"]["code"], 11)
         self.assertFalse(first.transport.disconnecting or second.transport.disconnecting)
 
     def test_a_call_runs_to_its_end_when_the_shim_leaves_and_a_stop_waits_for_it(self) -> None:

@@ -25,7 +25,8 @@ from hostnic.core.commands import (AttachNic, Attached, CheckAttachment, Collect
 from hostnic.core.narration import telling
 from hostnic.core.owner import Core
 from hostnic.core.ports import Sandbox
-from hostnic.errors import HostError, HostnicError, NicUnavailable, PoolExhausted, StoreError
+from hostnic.errors import (HostError, HostnicError, NicUnavailable, PoolExhausted, StoreError,
+                            UnknownObject)
 from hostnic.sentences import capped, quoted
 from hostnic.state.model import (AF_INET, AF_INET6, Address, Attachment, Route, normalize_mac,
                                  normalize_pci, valid_ifname)
@@ -248,8 +249,8 @@ class CNIAPI:
                                                     f"hostnic serves here")
             self._check_version(asked)
             if fds:
-                sandbox = self.open_sandbox(str(env.get("CNI_NETNS") or ""), fds)
-                fds = ()
+                handed, fds = fds, ()  # (open_sandbox owns them: it closes them on failure)
+                sandbox = self.open_sandbox(str(env.get("CNI_NETNS") or ""), handed)
             serve = {"ADD": self.add, "DEL": self.delete, "CHECK": self.check,
                      "GC": self.gc, "STATUS": self.status}[command]
             answer = await serve(version, env, config, request.get("ipam"), sandbox)
@@ -264,6 +265,8 @@ class CNIAPI:
             return 1, error_json(version, CNIError(HOST_FAILURE, e.message))
         except StoreError as e:
             return 1, error_json(version, CNIError(TRY_AGAIN_LATER, e.message))
+        except UnknownObject as e:
+            return 1, error_json(version, CNIError(UNKNOWN_CONTAINER, e.message))
         except HostnicError as e:
             return 1, error_json(version, CNIError(INVALID_CONFIG, e.message))
         except Exception as e:
@@ -350,8 +353,7 @@ class CNIAPI:
         differences = await self.core.check_attachment(CheckAttachment(
             attachment, sandbox, self._mtu(config), inside_config(previous, "prevResult")))
         if differences:
-            unknown = differences[0].startswith("hostnic holds no attachment")
-            raise CNIError(UNKNOWN_CONTAINER if unknown else CHECK_FAILED,
+            raise CNIError(CHECK_FAILED,
                            f"{attachment.ifname} of container {attachment.container_id[:12]} "
                            f"is not as attached", "; ".join(differences))
         return {}
@@ -367,9 +369,11 @@ class CNIAPI:
                 and isinstance(v.get("ifname"), str) for v in valid):
             raise _invalid("cni.dev/valid-attachments must be a list of {containerID, "
                            "ifname} objects")
-        await self.core.collect_attachments(CollectAttachments(
+        collected = await self.core.collect_attachments(CollectAttachments(
             name, frozenset((v["containerID"], v["ifname"]) for v in valid)))
-        return {}
+        # (for the plugin, which releases their addresses with the IPAM plugin)
+        return {"collected": [{"containerID": a.container_id, "ifname": a.ifname}
+                              for a in collected]}
 
     async def status(self, version: str, env: Mapping[str, Any], config: Mapping[str, Any],
                      ipam: Any, sandbox: Sandbox | None) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from hostnic import strictjson
-from hostnic.api.cni import DECODING_FAILURE, CNIAPI, CNIError, error_json
+from hostnic.api.cni import DECODING_FAILURE, TRY_AGAIN_LATER, CNIAPI, CNIError, error_json
 from hostnic.strictjson import NotJSON
 
 HEADER = struct.Struct(">I")
@@ -54,6 +54,13 @@ class CNIConnection(Protocol):
     def connectionMade(self) -> None:
         factory = self.factory
         if factory.draining or len(factory.connections) >= factory.max_connections:
+            # An answer, not a dropped connection: the plugin must tell a
+            # DEL hostnic did not handle from one it did.
+            why = ("hostnic is stopping" if factory.draining
+                   else "too many CNI calls at once")
+            self.started = True
+            self.transport.write(frame({"exit": 1, "output": error_json("1.1.0", CNIError(
+                TRY_AGAIN_LATER, f"{why}; try again"))}))
             self.transport.loseConnection()
             return
         factory.connections.add(self)

@@ -24,9 +24,9 @@ from hostnic.core.commands import (AttachNic, Attached, CheckAttachment, Collect
 from hostnic.core.crashpoints import crashpoint
 from hostnic.core.narration import narrate
 from hostnic.core.ports import Sandbox
-from hostnic.errors import HostnicError, NicUnavailable
+from hostnic.errors import HostnicError, NicUnavailable, UnknownObject
 from hostnic.state.model import (AF_INET, AF_INET6, Adopted, Attachment, Claim, Network, NicRef, Phase,
-                                 Route)
+                                 Route, transit_name)
 
 if TYPE_CHECKING:
     from hostnic.core.owner import Core
@@ -84,6 +84,10 @@ class Attachments:
         if previous is not None and previous is not sandbox:
             previous.close()
         self.held[key] = sandbox
+        # Attachments released without a DEL (a settle after the namespace
+        # died, an operator's release) let go of theirs here.
+        for gone in [k for k in self.held if k not in self.core.state.claims]:
+            self._drop(gone)
 
     def _drop(self, key: str) -> None:
         previous = self.held.pop(key, None)
@@ -130,6 +134,12 @@ class Attachments:
         pool, problems = await self.candidates(choice)
         if problems and not pool:
             raise problems[0]
+        twin = next((c for c in core.state.claims.values()
+                     if c.transit_name == transit_name(attachment.endpoint_id)
+                     and c.endpoint_id != attachment.endpoint_id), None)
+        if twin is not None:  # (a hash's first 13 characters: never seen, but cheap)
+            raise NicUnavailable(f"the attachment's transit name is {twin.holder}'s; "
+                                 f"add it under another interface name")
         network = Network(id=attachment.network_id, pool=tuple(pool))
         nic = pools.choose(core.state, network, None, lambda n: bool(core.host.known(n)),
                            core.label)
@@ -218,13 +228,17 @@ class Attachments:
         assert marked is not None
         crashpoint("detach.marked")
         attachment = claim.attachment
-        # The namespace the runtime hands over now, else the one ADD was handed.
-        inside = sandbox or self.held.get(claim.endpoint_id)
-        if inside is not None and attachment is not None:
-            await self.core.host.bring_home(inside, claim.nic, attachment.ifname,
-                                            claim.transit_name, claim.lent_index)
-            crashpoint("detach.home")
-        self._drop(claim.endpoint_id)  # (the NIC is home, or not in it)
+        # The namespace the runtime hands over now, then the one ADD was
+        # handed (the path may name another namespace by now: ctr's
+        # /proc/PID/ns/net once the PID is reused).
+        kept = self.held.get(claim.endpoint_id)
+        for inside in dict.fromkeys(s for s in (sandbox, kept) if s is not None):
+            if attachment is not None and await self.core.host.bring_home(
+                    inside, claim.nic, attachment.ifname, claim.transit_name,
+                    claim.lent_index) is not None:
+                crashpoint("detach.home")
+                break
+        self._drop(claim.endpoint_id)  # (the NIC is home, or in neither)
         if not await lender.restore_and_release(marked):
             log.warn("NIC {nic} of {holder} is not back in the host namespace; it will be "
                      "restored when it appears", nic=claim.mac, holder=claim.holder)
@@ -239,8 +253,9 @@ class Attachments:
         attachment = request.attachment
         claim = self._claim(attachment)
         if claim is None or claim.phase is not Phase.JOINED:
-            return [f"hostnic holds no attachment {attachment.ifname} of container "
-                    f"{attachment.container_id[:12]} in network {attachment.network!r}"]
+            raise UnknownObject(f"hostnic holds no attachment {attachment.ifname} of container "
+                                f"{attachment.container_id[:12]} in network "
+                                f"{attachment.network!r}")
         inside = await core.host.look_in(request.sandbox, attachment.ifname)
         if inside is None:
             return [f"there is no interface {attachment.ifname} in {request.sandbox.key}"]
@@ -265,36 +280,64 @@ class Attachments:
     # -- GC ----------------------------------------------------------------
 
     async def collect(self, request: CollectAttachments) -> list[Attachment]:
-        """Detach the network's attachments the runtime no longer knows; the
-        ones detached (a NIC still inside a namespace comes home when the
-        kernel returns it)."""
+        """Detach the network's attachments the runtime no longer knows (from
+        the namespaces their ADDs were handed); the ones detached. The first
+        failure is raised once every other was tried."""
         core = self.core
         await core.ready()
         stale = [c.attachment for c in list(core.state.claims.values())
                  if c.attachment is not None and c.attachment.network == request.network
                  and (c.attachment.container_id, c.attachment.ifname) not in request.valid]
-        for attachment in stale:
-            await self.detach(DetachNic(attachment))
+        failed: list[HostnicError] = []
+        for attachment in stale:  # (one that cannot be detached now stops no other)
+            try:
+                await self.detach(DetachNic(attachment))
+            except HostnicError as e:
+                failed.append(e)
+        if failed:
+            raise failed[0]
         return stale
 
     async def candidates(self, choice: NicChoice) -> tuple[list[NicRef], list[NicUnavailable]]:
         """The NICs ``choice`` names, and why the entries not found were not.
         Each entry on its own: a NIC a claim holds is away, or about to be,
-        and is passed over (it is named as the holder if none is free)."""
+        and stands for itself as that claim knows it (so a NIC whose MAC
+        changed is still the claimed one, and a refusal names its holder)."""
         core = self.core
-        held = [core.state.claim_of(NicRef(mac)) for mac in choice.macs]
-        pool: list[NicRef] = [c.nic for c in held if c is not None]
+        claims = list(core.state.claims.values())
+        pool: list[NicRef] = []
+
+        def add(nic: NicRef) -> None:
+            held = core.state.claim_of(nic)
+            nic = held.nic if held is not None else nic
+            if not any(nic.same_nic(p) for p in pool):
+                pool.append(nic)
+
         problems: list[NicUnavailable] = []
-        for entry in ([DefineNetwork("", macs=(mac,), names=()) for mac, c in
-                       zip(choice.macs, held) if c is None]
-                      + [DefineNetwork("", (), names=(name,)) for name in choice.names]
-                      + [DefineNetwork("", (), (), pcis=(pci,)) for pci in choice.pcis]):
+        entries = ([(DefineNetwork("", macs=(mac,), names=()), None) for mac in choice.macs]
+                   + [(DefineNetwork("", (), names=(name,)), name) for name in choice.names]
+                   + [(DefineNetwork("", (), (), pcis=(pci,)), None) for pci in choice.pcis])
+        for entry, name in entries:
+            held = (next((c for c in claims if c.nic.same_nic(NicRef(entry.macs[0]))), None)
+                    if entry.macs else
+                    next((c for c in claims if c.nic.pci == entry.pcis[0]), None)
+                    if entry.pcis else None)
+            if held is not None:  # (away: not to be looked for at home)
+                add(held.nic)
+                continue
             try:
                 found = await core.resolve_pool(entry)
             except NicUnavailable as e:
-                problems.append(e)
+                # Not home under that name: a lent NIC wore it when recorded.
+                lent = next((c for c in claims if name is not None and c.original is not None
+                             and c.original.name == name), None)
+                if lent is not None:
+                    add(lent.nic)
+                else:
+                    problems.append(e)
                 continue
-            pool += [nic for nic, _ in found if not any(nic.same_nic(p) for p in pool)]
+            for nic, _ in found:
+                add(nic)
         return pool, problems
 
     async def free_nic(self, choice: NicChoice) -> bool:

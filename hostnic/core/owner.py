@@ -478,7 +478,10 @@ class Core:
                 link.name == claim.transit_name
                 or claim.original.shown_by(link.name, link.mac, link.mtu, link.up)):
             return
-        self.settle_soon(claim.nic)
+        # A CNI attachment's NIC home by itself: its namespace died, and if its
+        # DEL never reached hostnic, none will come: thorough, it is released
+        # once its namespace is gone (Docker's endpoints wait for dockerd's).
+        self.settle_soon(claim.nic, thorough=claim.attachment is not None)
 
     def settle_soon(self, nic: NicRef, thorough: bool = False) -> None:
         if nic.key in self._settling:

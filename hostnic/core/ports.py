@@ -68,10 +68,11 @@ class HostPort(Protocol):
     async def namespace_exists(self, path: str) -> bool: ...
     # A namespace handed over (CNI): hostnic moves the NIC itself.
     async def move_into(self, index: int, sandbox: Sandbox, name: str) -> LinkInfo:
-        """Move host link ``index`` into ``sandbox`` as ``name``, in one step
-        (the kernel sets it down and resets its per-device settings to the
+        """Move host link ``index`` into ``sandbox`` and name it ``name`` there
+        (the move sets it down and resets its per-device settings to the
         namespace's defaults); the link as it is there. A name taken there is
-        refused before the link moves."""
+        refused before the link moves; a rename that fails after the move
+        takes it home again."""
     async def configure_in(self, sandbox: Sandbox, index: int, mtu: int | None,
                            addresses: tuple[Address, ...], routes: tuple[Route, ...]) -> None:
         """Give link ``index`` of ``sandbox`` its MTU, addresses, admin state

@@ -102,8 +102,8 @@ class Daemon:
     def halt(self) -> None:
         """Stop at once (as a crash would, but closing what is open)."""
         self.core.retries.stop()
+        self.host.stop()  # (its netlink thread done first: it may be using a held namespace)
         self.core.attachments.let_go()
-        self.host.stop()
         self.store.close()
 
     def sites(self, reactor: Any = None) -> dict[str, Any]:

@@ -79,11 +79,13 @@ class Batch:
         try:
             codes = session.acknowledged([msg.data for _what, msg, _fine in self.steps])
         except BaseException:
-            # Unread acknowledgements would answer the next batch.
+            # Unread acknowledgements would answer the next batch. A handed
+            # namespace's socket cannot be made again (that needs entering
+            # it): it is drained instead.
             if on is None:
                 forget_thread_socket()
             else:
-                on.close()
+                on.drain()
             raise
         return [(what, code) for (what, _msg, present_is_fine), code in zip(self.steps, codes)
                 if code and not (present_is_fine and code == errno.EEXIST)]

@@ -245,6 +245,17 @@ class Session:
     def close(self) -> None:
         self.sock.close()
 
+    def drain(self) -> None:
+        """Read and drop whatever the kernel queued (the answers of a batch
+        cut short), so the next request reads only its own."""
+        while True:
+            try:
+                self.sock.recv(RECV_BUFFER, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # (nothing more to read that would be an answer)
+
     def next_sequence(self) -> int:
         self.sequence += 1
         return self.sequence

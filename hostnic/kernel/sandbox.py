@@ -2,8 +2,8 @@
 
 Whoever may enter a namespace (the CNI shim, which the runtime runs as root)
 hands hostnic two descriptors: the namespace itself and a netlink socket made
-inside it (``hostnic.cnishim.hand_over``). With these, hostnic moves a NIC in (renamed in the
-same request), configures it there, reads it there and brings it home, with
+inside it (``hostnic.cnishim.hand_over``). With these, hostnic moves a NIC in
+(and renames it there), configures it there, reads it there and brings it home, with
 CAP_NET_ADMIN alone: it never enters the namespace (``setns`` needs
 CAP_SYS_ADMIN, which the daemon does not have and the Docker path never
 needed). Requests on the handed socket act in its namespace; the move itself
@@ -38,31 +38,74 @@ NS_GET_NSTYPE = 0xB703  # ioctl: the kind of namespace a descriptor is
 
 def open_handed(key: str, fds: Sequence[int]) -> "Sandbox":
     """The namespace the CNI shim handed over: ``fds`` are the namespace and a
-    netlink socket made inside it (hostnic owns them from here, and closes
-    them if they are not that). HostError, a sentence, if they are not."""
+    netlink socket made inside it. They are hostnic's from here: each is
+    closed once if they are not that. HostError, a sentence, if not."""
+    fds = list(fds)
+    if len(fds) != 2:
+        _close_all(fds)
+        raise HostError(f"the namespace {key} was handed over as {len(fds)} descriptors, "
+                        f"not 2 (the namespace and a netlink socket made in it)")
+    netns, sock_fd = fds
     try:
-        if len(fds) != 2:
-            raise HostError(f"the namespace {key} was handed over as {len(fds)} descriptors, "
-                            f"not 2 (the namespace and a netlink socket made in it)")
-        netns, sock_fd = fds
-        try:
-            kind = fcntl.ioctl(netns, NS_GET_NSTYPE)
-        except OSError:
-            kind = None
-        if kind != CLONE_NEWNET:
+        if _namespace_kind(netns) != CLONE_NEWNET:
             raise HostError(f"what was handed over for {key} is not a network namespace")
-        sock = socket.socket(fileno=sock_fd)
-        if sock.family != socket.AF_NETLINK or sock.proto != NETLINK_ROUTE:
-            sock.detach()
-            raise HostError(f"what was handed over for {key} is not a netlink socket")
-        return Sandbox.handed(key, netns, sock)
+        try:
+            sock = socket.socket(fileno=sock_fd)
+        except OSError:
+            raise HostError(f"what was handed over for {key} is not a socket") from None
     except BaseException:
-        for fd in fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        _close_all(fds)
         raise
+    try:  # (the socket object owns its descriptor from here)
+        if sock.family != socket.AF_NETLINK or sock.proto != NETLINK_ROUTE:
+            raise HostError(f"what was handed over for {key} is not a netlink socket")
+        if _namespace_of(sock) != _inode(netns):
+            # Its requests would act in one namespace and the moves in another.
+            raise HostError(f"the netlink socket handed over for {key} was not made in it")
+    except BaseException:
+        sock.close()
+        _close_all([netns])
+        raise
+    try:
+        session = rtnl.Session(sock)  # (closes the socket if it fails)
+    except OSError as e:
+        _close_all([netns])
+        raise HostError(f"the netlink socket handed over for {key}: {e.strerror or e}") from None
+    return Sandbox(key, netns, session)
+
+
+SIOCGSKNS = 0x894C  # ioctl: a descriptor of the namespace a socket was made in
+
+
+def _namespace_kind(fd: int) -> int | None:
+    try:
+        return fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        return None
+
+
+def _inode(fd: int) -> tuple[int, int]:
+    info = os.fstat(fd)
+    return info.st_dev, info.st_ino
+
+
+def _namespace_of(sock: socket.socket) -> tuple[int, int] | None:
+    try:
+        ns = fcntl.ioctl(sock.fileno(), SIOCGSKNS)
+    except OSError:
+        return None
+    try:
+        return _inode(ns)
+    finally:
+        os.close(ns)
+
+
+def _close_all(fds: Sequence[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 @attrs.define(eq=False)
@@ -77,6 +120,7 @@ class Sandbox:
 
     @classmethod
     def handed(cls, key: str, netns: int, sock: socket.socket) -> "Sandbox":
+        """Without open_handed's checks (the caller made them itself)."""
         return cls(key, netns, rtnl.Session(sock))
 
     def close(self) -> None:
@@ -159,12 +203,20 @@ def bring_home(sandbox: Sandbox, nic: NicRef, name: str, home_name: str,
     if link is None:
         return None
     # Renamed there first, then moved: the move keeps the name, and a name
-    # taken at home stops it before the NIC leaves (nothing half done).
+    # taken at home stops it before the NIC leaves. If it is stopped, the
+    # NIC gets its name there back (down: a rename needs it down).
     batch = Batch()
     batch.rename(f"renaming {link.name} to {home_name} in {sandbox.key}", link.index,
                  home_name, link.up)
     _raise_first(batch.send(sandbox.session), f"bringing NIC {nic.mac} home")
-    _home(sandbox, link.index, home_name)
+    try:
+        _home(sandbox, link.index, home_name)
+    except HostError:
+        back_there = Batch()
+        back_there.add(f"renaming {home_name} back to {link.name}",
+                       link_change(link.index, {"IFLA_IFNAME": link.name}), RTM_SETLINK, SET)
+        back_there.send(sandbox.session)  # (best effort: a retry finds it by identity)
+        raise
     back = rtnl.get_link(name=home_name)
     if back is None:
         raise HostError(f"interface {home_name} vanished on its way home from {sandbox.key}")

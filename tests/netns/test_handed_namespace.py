@@ -104,7 +104,6 @@ class HandedNamespaceTests(NetnsTestCase):
         self.assertEqual(int(moved["caps"], 16), 1 << 12)
         self.assertFalse(moved["entered"])
         self.assertEqual(moved["seen"], ["net1", 1400, True, ["10.8.0.5/24"], ["10.9.0.0"]])
-        # Traffic flows from the namespace through the NIC.
         # Traffic flows from the namespace through the NIC to the gateway.
         self.assertEqual(self.datagram(pod, self.sandbox, "10.8.0.1"), "through net1")
 
