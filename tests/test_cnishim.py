@@ -108,3 +108,19 @@ class ShimTests(SynchronousTestCase):
             "cniVersion": "1.0.0", "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]}))
         status, output, _ = self.run_shim("BOGUS")
         self.assertEqual((status, output["code"]), (1, 4))
+
+
+class SharedWordsTests(SynchronousTestCase):
+    """The plugin keeps to the standard library, so it repeats a few of the
+    daemon's words: they must be the same."""
+
+    def test_versions_codes_and_framing_agree_with_the_daemons(self) -> None:
+        from hostnic import cnishim
+        from hostnic.api import cni, cnisocket
+        self.assertEqual(cnishim.VERSIONS, cni.VERSIONS)
+        self.assertEqual(cnishim.HEADER.format, cnisocket.HEADER.format)
+        for name in ("TRY_AGAIN_LATER", "NOT_AVAILABLE", "INVALID_CONFIG", "DECODING_FAILURE",
+                     "INVALID_ENVIRONMENT", "IO_FAILURE"):
+            self.assertEqual(getattr(cnishim, name), getattr(cni, name), name)
+        from hostnic.daemon.tap import DEFAULT_CNI
+        self.assertEqual(f"unix:{cnishim.DEFAULT_SOCKET}:mode=600:lockfile=1", DEFAULT_CNI)

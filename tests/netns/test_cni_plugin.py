@@ -139,6 +139,23 @@ class CNIPluginTests(DaemonTestCase):
         self.assertEqual(self.claims(), [])
         self.assertEqual(self.cni("DEL", self.config(), pod), (0, None))  # again
 
+    def test_status_gc_and_each_versions_result(self) -> None:
+        self.start()
+        self.assertEqual(self.cni("STATUS", self.config()), (0, None))
+        for version in ("0.4.0", "1.0.0", "1.1.0"):
+            pod = self.pod()
+            status, result = self.cni("ADD", self.config(version), pod)
+            self.assertEqual((status, result["cniVersion"]), (0, version), result)
+            self.assertEqual("mtu" in result["interfaces"][0], version == "1.1.0")
+            self.assertEqual(result["ips"][0].get("version"), "4" if version == "0.4.0" else None)
+            status, error = self.cni("STATUS", self.config())
+            self.assertEqual((status, error["code"]), (1, 50))  # its one NIC is taken
+            # GC with no valid attachment takes it back (from the held namespace).
+            valid = self.config(version, **{"cni.dev/valid-attachments": []})
+            self.assertEqual(self.cni("GC", valid), (0, None))
+            self.assertEqual(self.nic_at_home(), self.before)
+            self.assertEqual(self.claims(), [])
+
     def test_add_refuses_an_ifname_the_namespace_has_and_leaves_nothing(self) -> None:
         self.start()
         pod = self.pod()
@@ -177,6 +194,27 @@ class CNIPluginTests(DaemonTestCase):
         self.assertIn(f"hostnic does not answer on {self.cni_sock}", error["msg"])
         self.assertEqual(self.cni("DEL", self.config(), pod), (0, None))
         self.assertEqual(self.nic_at_home(), self.before)
+
+    def test_a_sigkill_between_dels_steps_then_the_runtimes_next_del_gives_it_back(self) -> None:
+        for point in ("detach.marked", "detach.home"):
+            with self.subTest(point=point):
+                os.environ["HOSTNIC_CRASH_AT"] = point
+                try:
+                    self.start()
+                finally:
+                    del os.environ["HOSTNIC_CRASH_AT"]
+                pod = self.pod()
+                self.assertEqual(self.cni("ADD", self.config(), pod)[0], 0)
+                status, error = self.cni("DEL", self.config(), pod)
+                # Not done: the runtime asks again.
+                self.assertEqual((status, error["code"]), (1, 11), error)
+                assert self.proc is not None
+                self.assertEqual(self.proc.wait(timeout=10), -9)
+                self.start()
+                self.assertEqual(self.cni("DEL", self.config(), pod), (0, None))
+                self.assertEqual(self.nic_at_home(), self.before)
+                self.assertEqual(self.claims(), [])
+                self.kill()
 
     def test_a_sigkill_between_adds_steps_then_the_runtimes_del_gives_the_nic_back(self) -> None:
         for point in ("attach.claimed", "join.recorded", "join.renamed", "attach.moved"):
