@@ -32,7 +32,7 @@ import attrs
 from twisted.internet.defer import Deferred, maybeDeferred
 
 from hostnic.core.ports import HostPort, HostSurvey, Sandbox
-from hostnic.errors import HostError
+from hostnic.errors import HostError, StoreError
 from hostnic.kernel.host import uppers_of
 from hostnic.kernel.record import adoption
 from hostnic.state.model import (IFF_LOOPBACK, IFF_UP, Address, Adopted, Inside, LinkFacts,
@@ -450,6 +450,20 @@ class FakeSandbox:
     def close(self) -> None:
         assert not self.closed, f"{self.key} closed twice"
         self.closed = True
+
+
+class DeadHost:
+    """The host as a crashed process's leftover code meets it."""
+
+    def __getattr__(self, name: str) -> Any:
+        def dead(*args: Any, **kwargs: Any) -> Any:
+            raise HostError("this process has died")
+        return dead
+
+
+class DeadStore:
+    def save(self, *args: Any) -> Any:
+        raise StoreError("this process has died")
 
 
 def _implements_the_port(host: FakeHost) -> HostPort:

@@ -16,7 +16,7 @@ from hostnic.core.commands import (AttachNic, CheckAttachment, CollectAttachment
                                    InsideConfig, NicChoice)
 from hostnic.errors import HostError, NicUnavailable, PoolExhausted, UnknownObject
 from hostnic.state.model import AF_INET, Address, Attachment, Phase, Route
-from tests.fakes import FakeSandbox
+from tests.fakes import DeadHost, DeadStore, FakeSandbox
 from tests.helpers import (EP, MAC1, MAC2, CoreTestCase, claim_request, endpoint_body,
                            network_body)
 
@@ -122,15 +122,30 @@ class AttachTests(CoreTestCase):
             with self.subTest(step=step):
                 if not adding:
                     self.call(self.core.attach(attach()))
-                self.host.pause = lambda call, arg, step=step: (
-                    Deferred() if call == step else None)  # never fires: the process is gone
+                paused: list[Deferred[None]] = []
+
+                def pause(call: str, arg: Any, step: str = step) -> Deferred[None] | None:
+                    if call != step:
+                        return None
+                    paused.append(Deferred())
+                    return paused[-1]
+                self.host.pause = pause
                 cut = Deferred.fromCoroutine(
                     self.core.attach(attach()) if adding
                     else self.core.detach(DetachNic(ATT, handed())))
                 self.assertNoResult(cut)
                 self.assertIn(step, [call for call, _ in self.host.calls])
                 self.host.pause = None
-                self.core = self.new_core()
+                dead, self.core = self.core, self.new_core()
+                # What the dead process was doing unwinds against dead stubs
+                # (as in test_properties), never touching the live host again.
+                dead.retries.stop()
+                dead.retries.reactor = None
+                dead.host = dead.lender.host = DeadHost()  # type: ignore[assignment]
+                dead.ledger.store = DeadStore()
+                for d in paused:
+                    d.errback(HostError("this process has died"))
+                self.failureResultOf(cut)
                 self.call(self.core.detach(DetachNic(ATT, handed())))
                 self.assert_home_as_recorded()
                 self.assertEqual(self.durable().claims, {})

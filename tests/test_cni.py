@@ -103,13 +103,18 @@ class AddTests(CNITestCase):
         assert self.daemon is not None
         api = cni.CNIAPI(self.core, sandbox.open_handed)  # the kernel's, as twistd builds it
         closed: list[int] = []
-        real_close = os.close
 
-        def close(fd: int) -> None:
-            closed.append(fd)
-            real_close(fd)
-        self.patch(sandbox.os, "close", close)
-        self.patch(cni.os, "close", close)
+        class Counting:
+            """``os`` as the two modules see it, counting their closes."""
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(os, name)
+
+            def close(self, fd: int) -> None:
+                closed.append(fd)
+                os.close(fd)
+        self.patch(sandbox, "os", Counting())
+        self.patch(cni, "os", Counting())
         for fds in (list(os.pipe()), [os.pipe()[0]]):
             closed.clear()
             status, output = self.call(api.handle(

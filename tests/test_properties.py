@@ -32,10 +32,10 @@ from twisted.python.failure import Failure
 from hostnic.api.libnetwork import define_network
 from hostnic.core.commands import EndpointKey, LendNic
 from hostnic.core.owner import Core
-from hostnic.errors import HostError, HostnicError, StoreError
+from hostnic.errors import HostError, HostnicError
 from hostnic.state.model import Phase
 from tests.helpers import claim_request
-from tests.fakes import FakeHost, run_now
+from tests.fakes import DeadHost, DeadStore, FakeHost, run_now
 from tests.helpers import NET, NET2, CoreTestCase, endpoint_body, network_body
 from tests.sched import Scheduler, gated
 
@@ -62,20 +62,6 @@ class Endpoint:
 
 NEXT_CALL = {"creating": "create", "created": "join", "joining": "join", "inside": "leave",
              "leaving": "leave", "back": "delete", "deleting": "delete", "failed": "delete"}
-
-
-class DeadHost:
-    """The host as a crashed process's leftover code meets it."""
-
-    def __getattr__(self, name: str) -> Any:
-        def dead(*args: Any, **kwargs: Any) -> Any:
-            raise HostError("this process has died")
-        return dead
-
-
-class DeadStore:
-    def save(self, *args: Any) -> Any:
-        raise StoreError("this process has died")
 
 
 class History:
