@@ -42,6 +42,16 @@ NIC_UNAVAILABLE, HOST_FAILURE, CHECK_FAILED, INTERNAL = 100, 101, 102, 199
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,254}$")
 MAX_MTU = 65535
 
+# The core's refusals as CNI error codes (the first kind that matches).
+REFUSALS: tuple[tuple[type[HostnicError], int], ...] = (
+    (PoolExhausted, NIC_UNAVAILABLE),
+    (NicUnavailable, NIC_UNAVAILABLE),
+    (HostError, HOST_FAILURE),
+    (StoreError, TRY_AGAIN_LATER),
+    (UnknownObject, UNKNOWN_CONTAINER),
+    (HostnicError, INVALID_CONFIG),
+)
+
 # Makes the namespace the shim handed over into the host port's handle
 # (``key``: CNI_NETNS; the descriptors: the namespace and a netlink socket
 # made inside it); the daemon's composition root supplies the kernel's.
@@ -129,33 +139,34 @@ def _net(text: Any, where: str) -> netaddr.IPNetwork:
                                      f"prefix length")
 
 
+def _objects(result: Mapping[str, Any], key: str, where: str
+             ) -> list[tuple[str, dict[str, Any]]]:
+    """``result[key]``'s entries, each an object, with where each is."""
+    listed = result.get(key) or []
+    if not isinstance(listed, list):
+        raise CNIError(DECODING_FAILURE, f"{where}.{key} is not a list")
+    for i, entry in enumerate(listed):
+        if not isinstance(entry, dict):
+            raise CNIError(DECODING_FAILURE, f"{where}.{key}[{i}] is not an object")
+    return [(f"{where}.{key}[{i}]", entry) for i, entry in enumerate(listed)]
+
+
 def inside_config(result: Mapping[str, Any], where: str) -> InsideConfig:
     """An IPAM result (or a prevResult): its addresses, gateways and routes."""
     if not isinstance(result, dict):
         raise CNIError(DECODING_FAILURE, f"{where} is not an object")
     addresses: list[Address] = []
     gateways: dict[int, str] = {}
-    ips = result.get("ips") or []
-    if not isinstance(ips, list):
-        raise CNIError(DECODING_FAILURE, f"{where}.ips is not a list")
-    for i, entry in enumerate(ips):
-        if not isinstance(entry, dict):
-            raise CNIError(DECODING_FAILURE, f"{where}.ips[{i}] is not an object")
-        net = _net(entry.get("address"), f"{where}.ips[{i}].address")
+    for at, entry in _objects(result, "ips", where):
+        net = _net(entry.get("address"), f"{at}.address")
         family = AF_INET if net.version == 4 else AF_INET6
         addresses.append(Address(family, str(net.ip), net.prefixlen))
         if entry.get("gateway") is not None:
-            gateways.setdefault(family, str(_ip(entry["gateway"], f"{where}.ips[{i}].gateway")))
+            gateways.setdefault(family, str(_ip(entry["gateway"], f"{at}.gateway")))
     routes: list[Route] = []
-    listed = result.get("routes") or []
-    if not isinstance(listed, list):
-        raise CNIError(DECODING_FAILURE, f"{where}.routes is not a list")
-    for i, entry in enumerate(listed):
-        if not isinstance(entry, dict):
-            raise CNIError(DECODING_FAILURE, f"{where}.routes[{i}] is not an object")
-        dst = _net(entry.get("dst"), f"{where}.routes[{i}].dst")
-        gw = (str(_ip(entry["gw"], f"{where}.routes[{i}].gw"))
-              if entry.get("gw") is not None else None)
+    for at, entry in _objects(result, "routes", where):
+        dst = _net(entry.get("dst"), f"{at}.dst")
+        gw = str(_ip(entry["gw"], f"{at}.gw")) if entry.get("gw") is not None else None
         routes.append(Route(AF_INET if dst.version == 4 else AF_INET6,
                             None if dst.prefixlen == 0 else str(dst.network), dst.prefixlen, gw))
     return InsideConfig(tuple(addresses), gateways.get(AF_INET), gateways.get(AF_INET6),
@@ -257,18 +268,9 @@ class CNIAPI:
             return 0, answer
         except CNIError as e:
             return 1, error_json(version, e)
-        except PoolExhausted as e:
-            return 1, error_json(version, CNIError(NIC_UNAVAILABLE, e.message))
-        except NicUnavailable as e:
-            return 1, error_json(version, CNIError(NIC_UNAVAILABLE, e.message))
-        except HostError as e:
-            return 1, error_json(version, CNIError(HOST_FAILURE, e.message))
-        except StoreError as e:
-            return 1, error_json(version, CNIError(TRY_AGAIN_LATER, e.message))
-        except UnknownObject as e:
-            return 1, error_json(version, CNIError(UNKNOWN_CONTAINER, e.message))
         except HostnicError as e:
-            return 1, error_json(version, CNIError(INVALID_CONFIG, e.message))
+            code = next(code for kind, code in REFUSALS if isinstance(e, kind))
+            return 1, error_json(version, CNIError(code, e.message))
         except Exception as e:
             log.failure("CNI request failed")
             return 1, error_json(version, CNIError(

@@ -110,19 +110,7 @@ class CNIRig(Rig):
     containerd: subprocess.Popen[bytes] | None = None
 
     def start(self, plugin: bool = True) -> None:
-        run("ip", "netns", "add", self.netns)
-        run("ip", "-n", self.netns, "link", "set", "lo", "up")
-        script = os.path.join(self.work, "holder.sh")
-        with open(script, "w") as f:
-            f.write(HOLDER_SCRIPT)
-        self.holder = subprocess.Popen(
-            ["nsenter", f"--net=/run/netns/{self.netns}", "unshare", "--mount",
-             "--propagation", "slave", "sh", script, self.work],
-            stdout=open(os.path.join(self.work, "holder.log"), "wb"), stderr=subprocess.STDOUT)
-        wait_for(lambda: os.path.exists(os.path.join(self.work, "holder.ready"))
-                 or self.holder.poll() is not None, 20, "the namespace holder")  # type: ignore[union-attr]
-        if self.holder.poll() is not None:
-            raise RigError("namespace holder failed: " + self.log("holder.log"))
+        self.start_holder(HOLDER_SCRIPT)
         # The CNI plugins where the runtimes look: hostnic's and Debian's IPAM.
         for name, target in (("hostnic", SHIM), ("static", f"{PLUGINS}/static"),
                              ("host-local", f"{PLUGINS}/host-local"),

@@ -146,11 +146,20 @@ class Rig:
     # -- bring-up ----------------------------------------------------------
 
     def start(self, plugin: bool = True) -> None:
+        self.start_holder(HOLDER_SCRIPT)
+        self.start_dockerd()
+        self.build_image()
+        if plugin:
+            self.start_plugin()
+
+    def start_holder(self, holder_script: str) -> None:
+        """The rig's network namespace, and the process that keeps it and the
+        private mount namespace ``holder_script`` sets up alive."""
         run("ip", "netns", "add", self.netns)
         run("ip", "-n", self.netns, "link", "set", "lo", "up")
         script = os.path.join(self.work, "holder.sh")
         with open(script, "w") as f:
-            f.write(HOLDER_SCRIPT)
+            f.write(holder_script)
         self.holder = subprocess.Popen(
             ["nsenter", f"--net=/run/netns/{self.netns}", "unshare", "--mount",
              "--propagation", "slave", "sh", script, self.work],
@@ -159,10 +168,6 @@ class Rig:
                  or self.holder.poll() is not None, 20, "the namespace holder")  # type: ignore[union-attr]
         if self.holder.poll() is not None:
             raise RigError("namespace holder failed: " + self.log("holder.log"))
-        self.start_dockerd()
-        self.build_image()
-        if plugin:
-            self.start_plugin()
 
     def inside(self, *cmd: str) -> list[str]:
         """A command line that runs in dockerd's network and mount namespace."""

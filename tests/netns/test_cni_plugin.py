@@ -109,6 +109,14 @@ class CNIPluginTests(DaemonTestCase):
         out, _ = receiver.communicate(timeout=15)
         return out.strip()
 
+    def start_armed(self, point: str) -> None:
+        """The daemon, to SIGKILL itself at crash point ``point``."""
+        os.environ["HOSTNIC_CRASH_AT"] = point
+        try:
+            self.start()
+        finally:
+            del os.environ["HOSTNIC_CRASH_AT"]
+
     # -- the verbs -----------------------------------------------------------
 
     def test_add_check_del_as_the_spec_describes(self) -> None:
@@ -198,11 +206,7 @@ class CNIPluginTests(DaemonTestCase):
     def test_a_sigkill_between_dels_steps_then_the_runtimes_next_del_gives_it_back(self) -> None:
         for point in ("detach.marked", "detach.home"):
             with self.subTest(point=point):
-                os.environ["HOSTNIC_CRASH_AT"] = point
-                try:
-                    self.start()
-                finally:
-                    del os.environ["HOSTNIC_CRASH_AT"]
+                self.start_armed(point)
                 pod = self.pod()
                 self.assertEqual(self.cni("ADD", self.config(), pod)[0], 0)
                 status, error = self.cni("DEL", self.config(), pod)
@@ -219,11 +223,7 @@ class CNIPluginTests(DaemonTestCase):
     def test_a_sigkill_between_adds_steps_then_the_runtimes_del_gives_the_nic_back(self) -> None:
         for point in ("attach.claimed", "join.recorded", "join.renamed", "attach.moved"):
             with self.subTest(point=point):
-                os.environ["HOSTNIC_CRASH_AT"] = point
-                try:
-                    self.start()
-                finally:
-                    del os.environ["HOSTNIC_CRASH_AT"]
+                self.start_armed(point)
                 pod = self.pod()
                 status, error = self.cni("ADD", self.config(), pod)
                 self.assertEqual(status, 1)
