@@ -148,6 +148,10 @@ class AddTests(CNITestCase):
                 self.assertEqual(got, code, msg)
                 self.assertIn(words, msg)
                 self.assertEqual((self.nic.where, self.core.state.claims), ("host", {}))
+        for command in ("ADD", "CHECK"):  # (the plugin hands it over whenever it can)
+            status, output = self.serve(command, {**CONFIG, "prevResult": {}}, IPAM, fds=[])
+            self.assertEqual((status, output["code"]), (1, 4))
+            self.assertIn("no network namespace was handed over", output["msg"])
         self.assertEqual(self.call(self.api.handle("not a request", [])),
                          (1, {"cniVersion": "1.1.0", "code": 6, "msg": "the request must "
                               "hold \"env\" and \"config\" objects"}))

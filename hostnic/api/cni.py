@@ -307,6 +307,14 @@ class CNIAPI:
         return Attachment(name, container, ifname)
 
     @staticmethod
+    def _handed(env: Mapping[str, Any], sandbox: Sandbox | None) -> Sandbox:
+        """The namespace ADD and CHECK act in: the plugin must have handed it over."""
+        if sandbox is None:
+            raise CNIError(INVALID_ENVIRONMENT, f"no network namespace was handed over for "
+                                                f"CNI_NETNS {quoted(env.get('CNI_NETNS'))}")
+        return sandbox
+
+    @staticmethod
     def _mtu(config: Mapping[str, Any]) -> int | None:
         mtu = config.get("mtu")
         if mtu is None:
@@ -328,9 +336,7 @@ class CNIAPI:
     async def add(self, version: str, env: Mapping[str, Any], config: Mapping[str, Any],
                   ipam: Any, sandbox: Sandbox | None) -> dict[str, Any]:
         attachment = self._attachment(env, config)
-        if sandbox is None:
-            raise CNIError(INVALID_ENVIRONMENT, f"no network namespace was handed over for "
-                                                f"CNI_NETNS {quoted(env.get('CNI_NETNS'))}")
+        sandbox = self._handed(env, sandbox)
         adopt = self._adopt(config)
         inside = inside_config(ipam, "the IPAM result") if ipam else InsideConfig()
         attached = await self.core.attach(AttachNic(
@@ -339,16 +345,14 @@ class CNIAPI:
         return result_json(version, attached, ipam.get("dns") if isinstance(ipam, dict) else None)
 
     async def delete(self, version: str, env: Mapping[str, Any], config: Mapping[str, Any],
-                 ipam: Any, sandbox: Sandbox | None) -> dict[str, Any]:
+                     ipam: Any, sandbox: Sandbox | None) -> dict[str, Any]:
         await self.core.detach(DetachNic(self._attachment(env, config), sandbox))
         return {}
 
     async def check(self, version: str, env: Mapping[str, Any], config: Mapping[str, Any],
                     ipam: Any, sandbox: Sandbox | None) -> dict[str, Any]:
         attachment = self._attachment(env, config)
-        if sandbox is None:
-            raise CNIError(INVALID_ENVIRONMENT, f"no network namespace was handed over for "
-                                                f"CNI_NETNS {quoted(env.get('CNI_NETNS'))}")
+        sandbox = self._handed(env, sandbox)
         previous = config.get("prevResult")
         if not isinstance(previous, dict):
             raise _invalid("CHECK needs the ADD's result as prevResult")
