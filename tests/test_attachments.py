@@ -15,7 +15,7 @@ from hostnic.api.libnetwork import define_network
 from hostnic.core.commands import (AttachNic, CheckAttachment, CollectAttachments, DetachNic,
                                    InsideConfig, NicChoice)
 from hostnic.errors import HostError, NicUnavailable, PoolExhausted, UnknownObject
-from hostnic.state.model import AF_INET, Address, Attachment, Phase, Route
+from hostnic.state.model import AF_INET, Address, Attachment, NicRef, Phase, Route
 from tests.fakes import DeadHost, DeadStore, FakeSandbox
 from tests.helpers import (EP, MAC1, MAC2, CoreTestCase, claim_request, endpoint_body,
                            network_body)
@@ -29,7 +29,7 @@ def handed(key: str = POD) -> FakeSandbox:
 ATT = Attachment("tenant", "c" * 64, "net1")
 ATT2 = Attachment("tenant", "d" * 64, "net1")
 STATIC = InsideConfig(addresses=(Address(AF_INET, "10.8.0.5", 24),), gateway4="10.8.0.1",
-                      routes=(Route(AF_INET, "10.9.0.0", 16),))
+                      routes=(Route(AF_INET, None, 0), Route(AF_INET, "10.9.0.0", 16)))
 
 
 def attach(attachment: Attachment = ATT, key: str = POD, **kwargs: Any) -> AttachNic:
@@ -98,6 +98,12 @@ class AttachTests(CoreTestCase):
         self.assertIn("net1", self.refused(self.core.attach(attach()), HostError))
         self.assert_home_as_recorded()
         self.assertEqual(self.durable().claims, {})
+
+    def test_a_gateway_asks_for_no_route(self) -> None:
+        # (CNI: only the result's routes are made; on a pod's second network a
+        # default route of its own would take the pod's, or fail as present)
+        self.call(self.core.attach(attach(config=attrs.evolve(STATIC, routes=()))))
+        self.assertEqual(self.inside()[5], [])
 
     def test_adopt_mode_carries_the_nics_own_configuration(self) -> None:
         self.nic.routes.append(Route(AF_INET, None, 0, "192.168.9.1"))
@@ -195,6 +201,15 @@ class AttachTests(CoreTestCase):
         # The namespace it held is let go at the next ADD.
         self.call(self.core.attach(attach(ATT2)))
         self.assertEqual(list(self.core.attachments.held), [ATT2.endpoint_id])
+
+    def test_an_operators_release_brings_the_nic_home_from_the_held_namespace(self) -> None:
+        request = attach()
+        self.call(self.core.attach(request))
+        released = self.call(self.core.release(NicRef(MAC1)))
+        self.assertEqual((released.found, released.restored), (True, True))
+        self.assert_home_as_recorded()
+        self.assertTrue(request.sandbox.closed)
+        self.assertEqual(self.durable().claims, {})
 
     def test_gc_goes_on_past_an_attachment_it_cannot_detach(self) -> None:
         self.host.add("ens5", MAC2)

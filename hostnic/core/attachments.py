@@ -36,11 +36,13 @@ log = Logger()
 
 def adopted_config(adopted: Adopted) -> InsideConfig:
     """Adopt mode: the NIC's own first addresses (as static ones: a lease is
-    not renewed inside), its own gateways and its other routes."""
+    not renewed inside), its own default routes and its other routes."""
     addresses = tuple(attrs.evolve(a, valid=None, preferred=None)
                       for a in (adopted.address4, adopted.address6) if a is not None)
+    defaults = tuple(Route(family, None, 0, gateway) for family, gateway in (
+        (AF_INET, adopted.gateway4), (AF_INET6, adopted.gateway6)) if gateway is not None)
     routes = tuple(attrs.evolve(r, table=254, priority=None) for r in adopted.routes)
-    return InsideConfig(addresses, adopted.gateway4, adopted.gateway6, routes)
+    return InsideConfig(addresses, adopted.gateway4, adopted.gateway6, defaults + routes)
 
 
 def inside_routes(config: InsideConfig) -> tuple[Route, ...]:
@@ -170,20 +172,18 @@ class Attachments:
                                  f"being attached")
         moved = await core.host.move_into(link.index, sandbox, attachment.ifname)
         crashpoint("attach.moved")
+        # The routes asked for, and no other: an IPAM result's gateway asks
+        # for none (a second network must not take the pod's default route).
         routes = inside_routes(config)
-        defaults = tuple(Route(family, None, 0, gateway) for family, gateway in (
-            (AF_INET, config.gateway4), (AF_INET6, config.gateway6))
-            if gateway is not None and not any(r.default and r.family == family
-                                                 for r in routes))
         await core.host.configure_in(sandbox, moved.index, request.mtu, config.addresses,
-                                     defaults + routes)
+                                     routes)
         narrate(f"NIC {claim.mac} attached to {sandbox.key} as {attachment.ifname} for "
                 f"{claim.holder}")
         return Attached(mac=claim.mac, ifname=attachment.ifname,
                         mtu=request.mtu or moved.mtu, sandbox=sandbox.key,
                         pci=claim.nic.pci or (link.parent_dev if link.parent_bus == "pci"
                                               else None),
-                        config=attrs.evolve(config, routes=defaults + routes))
+                        config=attrs.evolve(config, routes=routes))
 
     async def _undo(self, attachment: Attachment, sandbox: Sandbox) -> None:
         """A failed ADD: every step taken is undone (the NIC home as recorded,

@@ -93,7 +93,7 @@ class InsideConfig:
     """What the NIC gets inside the namespace (from an IPAM plugin's result)."""
 
     addresses: tuple[Address, ...] = ()
-    gateway4: str | None = None
+    gateway4: str | None = None  # (reported with the addresses: no route of its own)
     gateway6: str | None = None
     routes: tuple[Route, ...] = ()  # a route without a gateway takes its family's
 
@@ -126,10 +126,10 @@ class Attached:
 
 @attrs.frozen
 class DetachNic:
-    """Bring the attachment's NIC home (from ``sandbox`` if one was handed:
-    without one, the namespace is gone and the kernel returns a physical NIC
-    on its own), restore it and drop the claim. Never fails for want of what
-    is already gone."""
+    """Bring the attachment's NIC home (from ``sandbox`` if one was handed,
+    else from the namespace its ADD was handed, which hostnic holds until
+    now), restore it and drop the claim. Never fails for want of what is
+    already gone."""
 
     attachment: Attachment
     sandbox: Sandbox | None = None
