@@ -393,6 +393,14 @@ class Core:
         if claim is None:
             raise UnknownObject(f"NIC {nic.mac or nic.pci} is not claimed by any hostnic "
                                 f"endpoint")
+        if claim.attachment is not None and claim.endpoint_id in self.attachments.held:
+            # Inside the namespace its ADD was handed, which hostnic holds:
+            # brought home from there (letting go of that namespace would
+            # delete a virtual NIC, or send a physical one to the first one).
+            await self.attachments.detach(DetachNic(claim.attachment))
+            self.events.note("release", mac=claim.mac, endpoint=claim.endpoint_id, found=True)
+            return Released(claim.mac, claim.endpoint_id, found=True,
+                            restored=claim.original is not None)
         async with self.locks.hold("nic:" + claim.nic.key):
             return await self.lender.release(claim.nic)
 
