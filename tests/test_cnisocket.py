@@ -123,3 +123,35 @@ class CNISocketTests(SynchronousTestCase):
         self.api.gate.callback(None)
         self.successResultOf(drained)
         self.assertEqual(c.transport.value(), b"")  # nobody to answer
+
+
+class SharedLimitTests(SynchronousTestCase):
+    """CNI calls take their places among the driver's calls under way (the
+    driver's site admits them, as the composition root wires it)."""
+
+    def test_calls_past_the_limit_wait_and_one_whose_plugin_left_never_begins(self) -> None:
+        from twisted.web.resource import Resource
+
+        from hostnic.api.http import GuardedSite, Limits, driver_refusal
+        clock = Clock()
+        driver = GuardedSite(Resource(), driver_refusal, Limits(max_in_flight=1), reactor=clock)
+        api = Recorder()
+        api.gate = Deferred()
+        factory = CNIFactory(api, clock, admission=driver)  # type: ignore[arg-type]
+        first, second, third = (Connection(factory) for _ in range(3))
+        first.protocol.dataReceived(frame({"n": 1}))
+        second.protocol.dataReceived(frame({"n": 2}))
+        read, write = os.pipe()
+        os.set_blocking(read, False)
+        third.protocol.fileDescriptorReceived(write)
+        third.protocol.dataReceived(frame({"n": 3}))
+        self.assertEqual([r for r, _ in api.seen], [{"n": 1}])  # the others wait
+        third.transport.connected = False  # type: ignore[attr-defined]
+        third.protocol.connectionLost(None)  # type: ignore[arg-type]
+        api.gate.callback(None)
+        clock.advance(0)
+        clock.advance(0)
+        self.assertEqual([r for r, _ in api.seen], [{"n": 1}, {"n": 2}])
+        self.assertEqual(os.read(read, 1), b"")  # the third's descriptor is closed
+        os.close(read)
+        self.assertEqual(driver.in_flight, 0)

@@ -3,6 +3,8 @@ and the systemd watchdog period."""
 
 from __future__ import annotations
 
+from twisted.internet.task import Clock
+
 import os
 from typing import Any
 
@@ -128,4 +130,6 @@ class CompositionTests(SynchronousTestCase):
         self.assertEqual(daemon.settings.endpoints, {"driver": "unix:/nonexistent/d",
                                                      "admin": "unix:/nonexistent/a",
                                                      "cni": "unix:/nonexistent/c"})
-        self.assertEqual(sorted(daemon.sites()), ["admin", "cni", "driver"])
+        sites = daemon.sites(reactor=Clock())
+        self.assertEqual(sorted(sites), ["admin", "cni", "driver"])
+        self.assertIs(sites["cni"].admission, sites["driver"])  # one limit for both

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import Any
+from typing import Any, Callable, Protocol as Interface
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IFileDescriptorReceiver
@@ -33,6 +33,11 @@ from hostnic.strictjson import NotJSON
 HEADER = struct.Struct(">I")
 MAX_FRAME = 1 << 20  # a network configuration with its prevResult is a few KiB
 MAX_FDS = 2
+
+
+class Admission(Interface):
+    def admit(self, run: Callable[[], None]) -> None: ...
+    def release(self, result: Any = None) -> None: ...
 
 
 def frame(value: Any) -> bytes:
@@ -96,13 +101,32 @@ class CNIConnection(Protocol):
                                                          "the request is not JSON")))
             return
         fds, self.fds = self.fds, []
+        admission = self.factory.admission
+        if admission is None:
+            self._run(request, fds)
+        else:  # (a place among the driver's calls under way; see GuardedSite.admit)
+            admission.admit(lambda: self._run(request, fds))
+
+    def _run(self, request: Any, fds: list[int]) -> None:
+        if not self.transport.connected:
+            # Its plugin left while it waited: it never begins, as if hostnic
+            # had stopped before reading it (the runtime asks again).
+            for fd in fds:
+                os.close(fd)
+            self._release()
+            return
         # The call runs to its end whatever becomes of the connection.
         call = Deferred.fromCoroutine(self.factory.api.handle(request, fds))
         self.factory.calls.add(call)
         call.addBoth(self._done, call)
 
+    def _release(self) -> None:
+        if self.factory.admission is not None:
+            self.factory.admission.release()
+
     def _done(self, answer: Any, call: "Deferred[Any]") -> None:
         self.factory.calls.discard(call)
+        self._release()
         if isinstance(answer, Failure):  # (handle answers every error itself)
             answer = (1, error_json("1.1.0", CNIError(199, "hostnic failed to process "
                                                            "the request")))
@@ -130,7 +154,10 @@ class CNIConnection(Protocol):
 
 class CNIFactory(Factory[CNIConnection]):
     def __init__(self, api: CNIAPI, reactor: Any, max_connections: int = 64,
-                 request_seconds: float = 30.0) -> None:
+                 request_seconds: float = 30.0, admission: Admission | None = None) -> None:
+        """``admission``: where the calls take a place among others under way
+        (the driver's site: CNI calls and dockerd's share its limit)."""
+        self.admission = admission
         self.api = api
         self.reactor = reactor
         self.max_connections = max_connections

@@ -112,23 +112,25 @@ class Daemon:
         their deadlines, if not the global reactor's)."""
         timeout = self.settings.client_timeout
         admin = self.admin
-        served: dict[str, Any] = {}
-        if self.settings.endpoints.get("cni"):
-            if reactor is None:
-                from twisted.internet import reactor as default
-                reactor = default
-            served["cni"] = CNIFactory(self.cni, reactor, max_connections=CNI_CONNECTIONS,
-                                       request_seconds=timeout)
-        return {**served,
-            "driver": GuardedSite(self.driver.app.resource(), driver_refusal,
-                                  Limits(max_connections=DRIVER_CONNECTIONS,
-                                         request_seconds=timeout,
-                                         max_in_flight=DRIVER_CALLS_AT_ONCE), reactor=reactor),
+        driver = GuardedSite(self.driver.app.resource(), driver_refusal,
+                             Limits(max_connections=DRIVER_CONNECTIONS, request_seconds=timeout,
+                                    max_in_flight=DRIVER_CALLS_AT_ONCE), reactor=reactor)
+        served: dict[str, Any] = {
+            "driver": driver,
             "admin": GuardedSite(admin.app.resource(), jsonrpc_refusal,
                                  Limits(max_connections=ADMIN_CONNECTIONS,
                                         request_seconds=timeout),
                                  authorize=admin.authorized if admin.token else None,
                                  reactor=reactor)}
+        if self.settings.endpoints.get("cni"):
+            if reactor is None:
+                from twisted.internet import reactor as default
+                reactor = default
+            # CNI calls take their places among the driver's: the same netlink
+            # thread and journal serve both, and the admin API stays prompt.
+            served["cni"] = CNIFactory(self.cni, reactor, max_connections=CNI_CONNECTIONS,
+                                       request_seconds=timeout, admission=driver)
+        return served
 
 
 def build(settings: Settings, ports: Ports) -> Daemon:
