@@ -6,8 +6,9 @@ configuration on stdin. It keeps no state: it opens the namespace at
 both descriptors with the command to the daemon's CNI socket, and prints the
 daemon's answer with the spec's exit status. It runs the IPAM plugin the
 configuration names itself (it has the runtime's environment and
-``CNI_PATH``), before an ADD and after a DEL, and releases the address if
-the ADD fails. VERSION is answered here.
+``CNI_PATH``): before an ADD (releasing the address if the ADD fails), after
+a DEL, for CHECK, and for the attachments GC collects. VERSION is answered
+here.
 
 Standard library only: it starts in milliseconds, and needs nothing of the
 daemon's dependencies.
@@ -214,7 +215,7 @@ def serve(command: str, raw: bytes) -> tuple[int, Any]:
                 fd, sock = hand_over(netns)
                 fds = [fd, sock.detach()]
             except OSError:
-                pass  # gone already: the kernel returns a physical NIC by itself
+                pass  # gone already: hostnic brings the NIC home from the one it holds
         try:
             status, output = ask_daemon(path, request, fds)
         except NotRunning as e:

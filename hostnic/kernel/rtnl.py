@@ -267,8 +267,8 @@ class Session:
         at most ACKS_PER_WRITE, each write's acknowledgements read before the
         next: the kernel queues them all before the first is read, and more
         than the socket's buffer holds would be lost (ENOBUFS). A caller that
-        meets an exception here must not use the session again: unread
-        acknowledgements may be left in it."""
+        meets an exception here must drain the session (``drain``) or not use
+        it again: unread acknowledgements may be left in it."""
         codes: list[int] = []
         for start in range(0, len(requests), ACKS_PER_WRITE):
             codes += self._acknowledged(requests[start:start + ACKS_PER_WRITE])

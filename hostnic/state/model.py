@@ -374,8 +374,9 @@ class Attachment:
 
     @property
     def endpoint_id(self) -> str:
-        """The claim's key: stable for the attachment, and distinct from any
-        other's in its first 13 characters, which name its transit name."""
+        """The claim's key: stable for the attachment (a hash of its names;
+        its first 13 characters name its transit name, and a claim whose
+        transit name another already wears is refused)."""
         text = "\0".join(("cni", self.network, self.container_id, self.ifname))
         return hashlib.sha256(text.encode()).hexdigest()
 
